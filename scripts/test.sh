@@ -32,7 +32,7 @@ test_srv=""
 test_built=() # builds that compiled
 
 test_step() {
-	printf '\n==> %s\n' "$*"
+	printf '\n==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"
 }
 
 test_record() {
@@ -85,10 +85,16 @@ test_run_logged() {
 	return "${PIPESTATUS[0]}"
 }
 
-# Keeps the last lines of a step's output for the end of the run.
+# Keeps what explains a failed step for the end of the run: its error
+# lines (with make -j the first error can scroll far up), then its end.
 test_keep_tail() {
 	local out=$1
-	tail -n 60 "$out" >"$out.tail"
+	{
+		echo "--- error lines:"
+		grep -E -A4 'error:|\*\*\*|fatal' "$out" | head -n 80
+		echo "--- last lines:"
+		tail -n 40 "$out"
+	} >"$out.tail"
 	test_fail_logs+=("$out.tail")
 }
 
@@ -131,8 +137,8 @@ test_build() {
 	test_step "$name: configure $*"
 	mkdir -p "$dir"
 	if ! (cd "$dir" && test_run_logged configure.out ../configure "$@"); then
-		test_record FAIL "$name: configure"
-		test_fail_logs+=("$dir/config.log")
+		test_record FAIL "$name: configure (details in $name/config.log)"
+		test_keep_tail "$dir/configure.out"
 		return
 	fi
 	test_step "$name: make"
@@ -199,7 +205,10 @@ fi
 if [[ -f config.status ]]; then
 	test_step "make distclean in the source tree (scripts/run.sh rebuilds it)"
 	if ! make distclean >/dev/null; then
-		rm -f config.status config.h config.log Makefile stamp-h1
+		rm -f config.status config.h config.log Makefile stamp-h1 chatd
+		find src tests \( -name '*.o' -o -name '*.a' \) -delete
+		find tests/unit -type f -name 'check_*' ! -name '*.c' -delete
+		find src tests \( -name .deps -o -name .dirstamp \) -exec rm -rf {} +
 	fi
 fi
 

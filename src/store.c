@@ -6,8 +6,8 @@
  * helpers that release results.
  *
  * Threads: each function runs on the thread that owns the struct store it
- * is given (see store.h); store_kind() and the *_clear/*_free helpers touch
- * no shared state and may run anywhere.
+ * is given (see store.h); store_kind() and the helpers that clear and free
+ * results touch no shared state and may run anywhere.
  */
 #include "store.h"
 

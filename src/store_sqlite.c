@@ -667,7 +667,6 @@ static int store_sqlite_session_create(struct store *s, int64_t user_id,
     struct store_sqlite *ss = store_sqlite_of(s);
     char detail[64];
     sqlite3_stmt *st;
-    int rc;
 
     if (store_sqlite_begin(ss) != STORE_OK)
         return STORE_ERR;
@@ -844,7 +843,6 @@ static int store_sqlite_member_add(struct store_sqlite *ss, int64_t conv_id,
                                    int64_t user_id, int64_t now)
 {
     sqlite3_stmt *st = store_sqlite_stmt(ss, SS_MEMBER_INSERT);
-    int rc;
 
     if (st == NULL)
         return STORE_ERR;
