@@ -155,8 +155,8 @@ static int config_valid_origin(const char *o)
     return 1;
 }
 
-static int config_add_origins(struct config *cfg, const char *list,
-                              char *err, size_t errlen)
+static int config_add_origins(struct config *cfg, const char *name,
+                              const char *list, char *err, size_t errlen)
 {
     char *copy = xstrdup(list), *save = NULL, *tok;
     int rc = 0;
@@ -171,8 +171,8 @@ static int config_add_origins(struct config *cfg, const char *list,
         if (n == 0)
             continue;
         if (!config_valid_origin(tok)) {
-            config_error(err, errlen, "invalid origin '%s': expected "
-                         "http(s)://host[:port] with no path", tok);
+            config_error(err, errlen, "invalid %s '%s': expected "
+                         "http(s)://host[:port] with no path", name, tok);
             rc = -1;
             break;
         }
@@ -231,7 +231,7 @@ static int config_apply(struct config *cfg, int opt, const char *name,
         config_set_str(&cfg->redis, v);
         return 0;
     case OPT_ORIGIN:
-        return config_add_origins(cfg, v, err, errlen);
+        return config_add_origins(cfg, name, v, err, errlen);
     case OPT_LOG_LEVEL:
         lvl = log_level_parse(v);
         if (lvl < 0) {
@@ -314,7 +314,7 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err,
 
     optind = 0;     /* GNU: start over, so the tests can parse again */
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "hV", config_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hV", config_options, NULL)) != -1) {
         switch (c) {
         case 'h':
             cfg->cmd = CONFIG_CMD_HELP;

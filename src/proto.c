@@ -90,9 +90,14 @@ int proto_valid_client_msg_id(const char *s, size_t len)
 
     if (len == 0 || !proto_valid_utf8(s, len))
         return 0;
-    for (i = 0; i < len; i++)
-        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f)
             return 0;
+        /* U+0080..U+009F, the C1 controls, are 0xc2 0x80..0x9f. */
+        if (c == 0xc2 && i + 1 < len && (unsigned char)s[i + 1] <= 0x9f)
+            return 0;
+    }
     chars = proto_utf8_chars(s, len);
     return chars >= 1 && chars <= PROTO_CLIENT_MSG_ID_MAX &&
            len <= STORE_CLIENT_MSG_ID_MAX * 4;
@@ -126,6 +131,199 @@ static int proto_no_nul(json_object *o)
     }
 }
 
+/* A strict RFC 8259 syntax check of the whole text, run before json-c
+ * (which accepts single quotes, NaN, raw control characters in strings and
+ * cuts keys at an escaped NUL). Also enforces the nesting limit and refuses
+ * \u0000. Returns NULL when the text is fine, else the reason. */
+struct proto_scan {
+    const char *p, *end;
+    int depth;
+};
+
+static void proto_scan_ws(struct proto_scan *sc)
+{
+    while (sc->p < sc->end && (*sc->p == ' ' || *sc->p == '\t' ||
+                               *sc->p == '\n' || *sc->p == '\r'))
+        sc->p++;
+}
+
+static int proto_hex4(const char *p, const char *end, unsigned *v)
+{
+    int i;
+
+    if (end - p < 4)
+        return -1;
+    *v = 0;
+    for (i = 0; i < 4; i++) {
+        char c = p[i];
+        *v <<= 4;
+        if (c >= '0' && c <= '9')
+            *v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            *v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            *v |= (unsigned)(c - 'A' + 10);
+        else
+            return -1;
+    }
+    return 0;
+}
+
+static const char *proto_scan_string(struct proto_scan *sc)
+{
+    sc->p++;                                   /* the opening quote */
+    while (sc->p < sc->end) {
+        unsigned char c = (unsigned char)*sc->p;
+        unsigned v;
+        if (c == '"') {
+            sc->p++;
+            return NULL;
+        }
+        if (c < 0x20)
+            return "a string holds a raw control character";
+        if (c != '\\') {
+            sc->p++;
+            continue;
+        }
+        if (sc->end - sc->p < 2)
+            break;
+        switch (sc->p[1]) {
+        case '"': case '\\': case '/': case 'b': case 'f': case 'n':
+        case 'r': case 't':
+            sc->p += 2;
+            break;
+        case 'u':
+            if (proto_hex4(sc->p + 2, sc->end, &v) != 0)
+                return "a string holds a bad \\u escape";
+            if (v == 0)
+                return "a string holds a NUL character";
+            sc->p += 6;
+            break;
+        default:
+            return "a string holds a bad escape";
+        }
+    }
+    return "the JSON ends too early";
+}
+
+static const char *proto_scan_number(struct proto_scan *sc)
+{
+    const char *p = sc->p;
+
+    if (p < sc->end && *p == '-')
+        p++;
+    if (p >= sc->end || !(*p >= '0' && *p <= '9'))
+        return "the body is not valid JSON";
+    if (*p == '0')
+        p++;
+    else
+        while (p < sc->end && *p >= '0' && *p <= '9')
+            p++;
+    if (p < sc->end && *p == '.') {
+        p++;
+        if (p >= sc->end || !(*p >= '0' && *p <= '9'))
+            return "the body is not valid JSON";
+        while (p < sc->end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p < sc->end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < sc->end && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= sc->end || !(*p >= '0' && *p <= '9'))
+            return "the body is not valid JSON";
+        while (p < sc->end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    sc->p = p;
+    return NULL;
+}
+
+static const char *proto_scan_value(struct proto_scan *sc)
+{
+    const char *why;
+    static const char *const words[] = { "true", "false", "null" };
+    size_t i;
+
+    proto_scan_ws(sc);
+    if (sc->p >= sc->end)
+        return "the JSON ends too early";
+    switch (*sc->p) {
+    case '"':
+        return proto_scan_string(sc);
+    case '{':
+    case '[': {
+        char close = *sc->p == '{' ? '}' : ']';
+        int object = close == '}';
+        if (++sc->depth > PROTO_JSON_DEPTH)
+            return "the JSON is nested too deeply";
+        sc->p++;
+        proto_scan_ws(sc);
+        if (sc->p < sc->end && *sc->p == close) {
+            sc->p++;
+            sc->depth--;
+            return NULL;
+        }
+        for (;;) {
+            if (object) {
+                proto_scan_ws(sc);
+                if (sc->p >= sc->end || *sc->p != '"')
+                    return sc->p >= sc->end ? "the JSON ends too early"
+                                            : "the body is not valid JSON";
+                if ((why = proto_scan_string(sc)) != NULL)
+                    return why;
+                proto_scan_ws(sc);
+                if (sc->p >= sc->end || *sc->p != ':')
+                    return "the body is not valid JSON";
+                sc->p++;
+            }
+            if ((why = proto_scan_value(sc)) != NULL)
+                return why;
+            proto_scan_ws(sc);
+            if (sc->p >= sc->end)
+                return "the JSON ends too early";
+            if (*sc->p == close) {
+                sc->p++;
+                sc->depth--;
+                return NULL;
+            }
+            if (*sc->p != ',')
+                return "the body is not valid JSON";
+            sc->p++;
+        }
+    }
+    default:
+        if (*sc->p == '-' || (*sc->p >= '0' && *sc->p <= '9'))
+            return proto_scan_number(sc);
+        for (i = 0; i < 3; i++) {
+            size_t n = strlen(words[i]);
+            if ((size_t)(sc->end - sc->p) >= n &&
+                memcmp(sc->p, words[i], n) == 0) {
+                sc->p += n;
+                return NULL;
+            }
+        }
+        return "the body is not valid JSON";
+    }
+}
+
+/* Checks text is exactly one JSON object (whitespace around it allowed). */
+static const char *proto_scan(const char *text, size_t len)
+{
+    struct proto_scan sc = { text, text + len, 0 };
+    const char *why;
+
+    proto_scan_ws(&sc);
+    if (sc.p < sc.end && *sc.p != '{')
+        return "the body must be a JSON object";
+    if ((why = proto_scan_value(&sc)) != NULL)
+        return why;
+    proto_scan_ws(&sc);
+    if (sc.p != sc.end)
+        return "trailing characters after the JSON value";
+    return NULL;
+}
+
 json_object *proto_parse_object(const char *text, size_t len,
                                 const char **why)
 {
@@ -146,9 +344,11 @@ json_object *proto_parse_object(const char *text, size_t len,
         *why = "the body is not valid UTF-8";
         return NULL;
     }
-    /* json-c counts the depth of the top level as 1; a limit of n allows
-     * n - 1 levels of nesting below the top object. */
-    tok = json_tokener_new_ex(PROTO_JSON_DEPTH + 1);
+    /* The scanner has checked syntax and depth; json-c builds the tree.
+     * The scanner's recursion is bounded by PROTO_JSON_DEPTH. */
+    if ((*why = proto_scan(text, len)) != NULL)
+        return NULL;
+    tok = json_tokener_new_ex(PROTO_JSON_DEPTH + 2);
     if (tok == NULL) {
         *why = "out of memory";
         return NULL;
@@ -156,34 +356,11 @@ json_object *proto_parse_object(const char *text, size_t len,
     json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
     o = json_tokener_parse_ex(tok, text, (int)len);
     jerr = json_tokener_get_error(tok);
-    if (o != NULL && jerr == json_tokener_success &&
-        tok->char_offset < (int)len) {
-        /* Trailing bytes after the value: only whitespace may follow. */
-        size_t i;
-        for (i = (size_t)tok->char_offset; i < len; i++)
-            if (text[i] != ' ' && text[i] != '\t' && text[i] != '\n' &&
-                text[i] != '\r') {
-                json_object_put(o);
-                o = NULL;
-                *why = "trailing characters after the JSON value";
-                break;
-            }
-    } else if (o == NULL || jerr != json_tokener_success) {
-        if (jerr == json_tokener_error_depth)
-            *why = "the JSON is nested too deeply";
-        else if (jerr == json_tokener_continue)
-            *why = "the JSON ends too early";
-        else
-            *why = "the body is not valid JSON";
-        json_object_put(o);
-        o = NULL;
-    }
     json_tokener_free(tok);
-    if (o == NULL)
-        return NULL;
-    if (!json_object_is_type(o, json_type_object)) {
+    if (o == NULL || jerr != json_tokener_success ||
+        !json_object_is_type(o, json_type_object)) {
         json_object_put(o);
-        *why = "the body must be a JSON object";
+        *why = "the body is not valid JSON";
         return NULL;
     }
     if (!proto_no_nul(o)) {
@@ -215,10 +392,11 @@ int proto_get_int(json_object *o, const char *key, int64_t *v)
     if (!json_object_object_get_ex(o, key, &x) ||
         !json_object_is_type(x, json_type_int))
         return -1;
-    /* json-c saturates out-of-range integers; refuse those. */
-    errno = 0;
+    /* json-c saturates out-of-range integers without saying so: refuse
+     * INT64_MIN (no id or seq is negative anyway) and a saturated max. */
     *v = json_object_get_int64(x);
-    if ((*v == INT64_MAX || *v == INT64_MIN) && errno != 0)
+    if (*v == INT64_MIN ||
+        (*v == INT64_MAX && json_object_get_uint64(x) > (uint64_t)INT64_MAX))
         return -1;
     return 0;
 }

@@ -66,7 +66,7 @@ struct store_msg {
     int64_t seq;
     int64_t sender_id;
     char sender[STORE_USERNAME_MAX + 1];
-    char client_msg_id[STORE_CLIENT_MSG_ID_MAX + 1];
+    char client_msg_id[4 * STORE_CLIENT_MSG_ID_MAX + 1]; /* 64 chars of UTF-8 */
     char *body;              /* owned, NUL-terminated */
     int64_t created_at;
 };

@@ -129,10 +129,6 @@ class Client:
                 sock.sendall(data)
             except (BrokenPipeError, ConnectionResetError):
                 pass
-            try:
-                sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
             chunks = []
             while True:
                 try:

@@ -67,6 +67,10 @@ def free_port():
     return port
 
 
+# Every process started, so that a failing test leaves none running.
+_started = []
+
+
 class ChatdProcess:
     """One chatd process with its own temporary directory."""
 
@@ -102,6 +106,7 @@ class ChatdProcess:
         self.proc = subprocess.Popen(self.argv, stdout=self._out,
                                      stderr=self._err, stdin=subprocess.DEVNULL,
                                      env=self.env)
+        _started.append(self)
         if wait:
             self.wait_ready()
         return self
@@ -124,9 +129,6 @@ class ChatdProcess:
         self.kill()
         pytest.fail("chatd did not answer GET /health within %.0f s; "
                     "stderr:\n%s" % (timeout, self.stderr_text()))
-
-    def signal(self, signo):
-        self.proc.send_signal(signo)
 
     def stop(self, signo=signal.SIGTERM, timeout=STOP_TIMEOUT):
         """Sends signo, waits for the exit, returns the exit code."""
@@ -202,26 +204,39 @@ def server():
     """One chatd for the whole module, stopped (and checked) at the end."""
     tmpdir = tempfile.mkdtemp(prefix="chatd-it-")
     proc = ChatdProcess(tmpdir)
-    proc.start()
     try:
+        proc.start()
         yield proc
-    finally:
         if proc.proc.poll() is not None:
             code = proc.proc.returncode
             proc._close_files()
             pytest.fail("chatd died during the module (exit %s); stderr:\n%s"
                         % (code, proc.stderr_text()))
         code = proc.stop()
-        stderr = proc.stderr_text()
         if code != 0:
             pytest.fail("chatd exited %s after SIGTERM, expected 0; "
-                        "stderr:\n%s" % (code, stderr))
+                        "stderr:\n%s" % (code, proc.stderr_text()))
+    finally:
+        proc.kill()
+        proc._close_files()
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def client(server):
     return server.client()
+
+
+@pytest.fixture(autouse=True)
+def reap_test_processes():
+    """Kills what a test started itself and left running (module servers
+    are started before this snapshot and are left alone)."""
+    before = len(_started)
+    yield
+    for proc in _started[before:]:
+        proc.kill()
+        proc._close_files()
+    del _started[before:]
 
 
 @pytest.fixture

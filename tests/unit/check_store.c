@@ -1,0 +1,1282 @@
+/*
+ * check_store.c - the store contract suite: what store.h promises, checked
+ * through the store.h API only, so one suite runs against every backend.
+ *
+ * It runs on a fresh SQLite file per test (in a mkdtemp directory,
+ * migrated with migrate_up from $CHATD_TEST_DATA_DIR/migrations/sqlite,
+ * or from the source tree found by a relative path when that is unset),
+ * and once more against $CHATD_TEST_PG_URL when that is set. Names carry
+ * a per-test tag, so the tests also hold on a shared database that is
+ * not emptied between them. A few SQLite-only cases look into the file
+ * with sqlite3 itself (the events table) or inject a failure with a
+ * trigger; they are not part of the Postgres run.
+ *
+ * Runs single-threaded under Check, each test in its own forked process
+ * unless CK_FORK=no.
+ */
+#include <check.h>
+#include <ftw.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "migrate.h"
+#include "store.h"
+#include "util.h"
+
+#define T0 1795521600000LL      /* 2026-11-24T12:00:00Z */
+#define HASH "$y$j9T$0123456789abcdef$ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopq"
+
+static const char *check_store_kind;   /* "sqlite" or "postgres" */
+static const char *check_store_pg_url;
+static char check_store_tmp[1024];    /* holds every test's database */
+static char check_store_data[1024];
+static char check_store_db_path[1200]; /* this test's SQLite file */
+static char check_store_tag[24];       /* this test's name prefix */
+static unsigned check_store_counter;
+static struct store *st;
+
+/* --- fixture and helpers --- */
+
+static void check_store_setup(void)
+{
+    char url[1300], dir[1100], err[512];
+    FILE *devnull;
+
+    /* Unique across processes and runs, so names never collide on a
+     * shared database. */
+    snprintf(check_store_tag, sizeof check_store_tag, "u%llx%04x",
+             (unsigned long long)(util_now_ms() % 0xffffffffffLL),
+             (unsigned)((getpid() * 31u + check_store_counter++) & 0xffff));
+    if (strcmp(check_store_kind, "sqlite") == 0) {
+        snprintf(dir, sizeof dir, "%s/tXXXXXX", check_store_tmp);
+        ck_assert_ptr_nonnull(mkdtemp(dir));
+        snprintf(check_store_db_path, sizeof check_store_db_path,
+                 "%s/chatd.db", dir);
+        snprintf(url, sizeof url, "sqlite:%s", check_store_db_path);
+    } else {
+        snprintf(url, sizeof url, "%s", check_store_pg_url);
+    }
+    err[0] = '\0';
+    st = store_open(url, err, sizeof err);
+    ck_assert_msg(st != NULL, "store_open: %s", err);
+    snprintf(dir, sizeof dir, "%s/migrations/%s", check_store_data,
+             check_store_kind);
+    devnull = fopen("/dev/null", "w");
+    ck_assert_ptr_nonnull(devnull);
+    ck_assert_msg(migrate_up(st, dir, 0, 0, devnull, err, sizeof err) == 0,
+                  "migrate_up: %s", err);
+    fclose(devnull);
+}
+
+static void check_store_teardown(void)
+{
+    store_close(st);
+    st = NULL;
+}
+
+/* "<tag>_<role>": a username of this test. */
+static const char *check_store_name(const char *role, char *out, size_t len)
+{
+    snprintf(out, len, "%s_%s", check_store_tag, role);
+    return out;
+}
+
+static void check_store_upper(char *s)
+{
+    for (; *s; s++)
+        if (*s >= 'a' && *s <= 'z')
+            *s = (char)(*s - 'a' + 'A');
+}
+
+static int64_t check_store_user(const char *role)
+{
+    char name[64];
+    int64_t id = 0;
+    int rc;
+
+    rc = store_user_create(st, check_store_name(role, name, sizeof name),
+                           HASH, T0, &id);
+    ck_assert_msg(rc == STORE_OK, "user_create %s: %d %s", name, rc,
+                  store_errstr(st));
+    ck_assert_int_gt(id, 0);
+    return id;
+}
+
+static int64_t check_store_conv(int64_t creator, const int64_t *others,
+                                size_t n, const char *title, int64_t now)
+{
+    struct store_conv c;
+    int created = -1;
+    int64_t id;
+    int rc;
+
+    rc = store_conv_create(st, creator, others, n, title, now, &c, &created);
+    ck_assert_msg(rc == STORE_OK, "conv_create: %d %s", rc,
+                  store_errstr(st));
+    id = c.id;
+    ck_assert_int_gt(id, 0);
+    store_conv_clear(&c);
+    return id;
+}
+
+/* One send, alone in its batch; returns its rc, msg filled. */
+static int check_store_send(int64_t conv, int64_t sender, const char *cid,
+                            const char *body, int64_t now,
+                            struct store_msg *msg)
+{
+    struct store_send sd;
+
+    memset(&sd, 0, sizeof sd);
+    sd.conversation_id = conv;
+    sd.sender_id = sender;
+    sd.client_msg_id = cid;
+    sd.body = body;
+    sd.body_len = strlen(body);
+    sd.now = now;
+    ck_assert_msg(store_send_batch(st, &sd, 1) == STORE_OK, "send_batch: %s",
+                  store_errstr(st));
+    *msg = sd.msg;
+    return sd.rc;
+}
+
+static void check_store_fill(struct store_send *sd, int64_t conv,
+                             int64_t sender, const char *cid,
+                             const char *body, int64_t now)
+{
+    memset(sd, 0, sizeof *sd);
+    sd->conversation_id = conv;
+    sd->sender_id = sender;
+    sd->client_msg_id = cid;
+    sd->body = body;
+    sd->body_len = strlen(body);
+    sd->now = now;
+}
+
+static void check_store_sends_clear(struct store_send *sd, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        store_msg_clear(&sd[i].msg);
+}
+
+static int64_t check_store_last_seq(int64_t conv, int64_t member)
+{
+    int64_t last = -1;
+
+    ck_assert_int_eq(store_conv_member(st, conv, member, &last), STORE_OK);
+    return last;
+}
+
+/* The conversation conv as user sees it in their list (must be there). */
+static struct store_conv *check_store_find(struct store_conv *v, size_t n,
+                                           int64_t conv)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (v[i].id == conv)
+            return &v[i];
+    ck_abort_msg("conversation %lld not in the list", (long long)conv);
+    return NULL;
+}
+
+static int64_t check_store_read_seq(int64_t user, int64_t conv)
+{
+    struct store_conv *v;
+    size_t n;
+    int64_t r;
+
+    ck_assert_int_eq(store_conv_list(st, user, &v, &n), STORE_OK);
+    r = check_store_find(v, n, conv)->read_seq;
+    store_convs_free(v, n);
+    return r;
+}
+
+/* --- URLs --- */
+
+START_TEST(test_url_picks_backend_by_scheme)
+{
+    ck_assert_str_eq(store_kind("sqlite:/var/lib/chatd/chatd.db"), "sqlite");
+    ck_assert_str_eq(store_kind("postgresql://chatd@db/chatd"), "postgres");
+    ck_assert_str_eq(store_kind("postgres://chatd@db/chatd"), "postgres");
+    ck_assert_ptr_null(store_kind("mysql://db/chatd"));
+    ck_assert_ptr_null(store_kind("chatd.db"));
+    ck_assert_ptr_null(store_kind(NULL));
+}
+END_TEST
+
+START_TEST(test_open_refuses_unknown_url_without_echoing_it)
+{
+    char err[256] = "";
+
+    ck_assert_ptr_null(store_open("mysql://root:secret@db/chatd", err,
+                                  sizeof err));
+    ck_assert_ptr_nonnull(strstr(err, "sqlite:"));
+    ck_assert_ptr_null(strstr(err, "secret"));
+    err[0] = '\0';
+    ck_assert_ptr_null(store_open("sqlite:", err, sizeof err));
+    ck_assert_int_gt(strlen(err), 0);
+    store_close(NULL);
+}
+END_TEST
+
+START_TEST(test_open_reports_unopenable_sqlite_file)
+{
+    char err[256] = "", url[1100];
+
+    snprintf(url, sizeof url, "sqlite:%s/no/such/dir/chatd.db",
+             check_store_tmp);
+    ck_assert_ptr_null(store_open(url, err, sizeof err));
+    ck_assert_ptr_nonnull(strstr(err, "cannot open"));
+}
+END_TEST
+
+/* --- users --- */
+
+START_TEST(test_ping_answers)
+{
+    ck_assert_int_eq(store_ping(st), STORE_OK);
+}
+END_TEST
+
+START_TEST(test_register_conflicts_case_insensitively)
+{
+    char name[64], other[64];
+    int64_t id = 0, id2 = 0;
+
+    check_store_name("Alice", name, sizeof name);
+    ck_assert_int_eq(store_user_create(st, name, HASH, T0, &id), STORE_OK);
+    ck_assert_int_gt(id, 0);
+    ck_assert_int_eq(store_user_create(st, name, HASH, T0, &id2),
+                     STORE_CONFLICT);
+    check_store_name("alice", other, sizeof other);
+    ck_assert_int_eq(store_user_create(st, other, HASH, T0, &id2),
+                     STORE_CONFLICT);
+    check_store_upper(other);
+    ck_assert_int_eq(store_user_create(st, other, HASH, T0, &id2),
+                     STORE_CONFLICT);
+    check_store_name("alice2", other, sizeof other);
+    ck_assert_int_eq(store_user_create(st, other, HASH, T0, &id2), STORE_OK);
+    ck_assert_int_ne(id2, id);
+}
+END_TEST
+
+START_TEST(test_lookup_by_name_in_any_case_keeps_registered_spelling)
+{
+    char name[64], probe[64];
+    struct store_user u;
+    int64_t id = check_store_user("MixedCase");
+
+    check_store_name("MixedCase", name, sizeof name);
+    check_store_name("mixedcase", probe, sizeof probe);
+    ck_assert_int_eq(store_user_by_name(st, probe, &u), STORE_OK);
+    ck_assert_int_eq(u.id, id);
+    ck_assert_str_eq(u.username, name);
+    ck_assert_str_eq(u.password_hash, HASH);
+    ck_assert_int_eq(u.failed_logins, 0);
+    ck_assert_int_eq(u.locked_until, 0);
+    check_store_upper(probe);
+    ck_assert_int_eq(store_user_by_name(st, probe, &u), STORE_OK);
+    ck_assert_int_eq(u.id, id);
+
+    check_store_name("nobody", probe, sizeof probe);
+    ck_assert_int_eq(store_user_by_name(st, probe, &u), STORE_NOTFOUND);
+    ck_assert_int_eq(store_user_by_name(st,
+                     "a_name_much_longer_than_thirty_two_bytes", &u),
+                     STORE_NOTFOUND);
+}
+END_TEST
+
+START_TEST(test_throttle_fields_round_trip)
+{
+    char name[64];
+    struct store_user u;
+    int64_t id = check_store_user("carol");
+
+    check_store_name("carol", name, sizeof name);
+    ck_assert_int_eq(store_user_set_throttle(st, id, 5, T0 + 30000),
+                     STORE_OK);
+    ck_assert_int_eq(store_user_by_name(st, name, &u), STORE_OK);
+    ck_assert_int_eq(u.failed_logins, 5);
+    ck_assert_int_eq(u.locked_until, T0 + 30000);
+    ck_assert_int_eq(store_user_set_throttle(st, id, 0, 0), STORE_OK);
+    ck_assert_int_eq(store_user_by_name(st, name, &u), STORE_OK);
+    ck_assert_int_eq(u.failed_logins, 0);
+    ck_assert_int_eq(u.locked_until, 0);
+    ck_assert_int_eq(store_user_set_throttle(st, id + 1000000, 1, 0),
+                     STORE_NOTFOUND);
+}
+END_TEST
+
+START_TEST(test_prefix_search_is_ordered_case_insensitive_and_limited)
+{
+    struct store_user_brief *v;
+    char prefix[64], name[64];
+    size_t n;
+
+    check_store_user("pre_b");
+    check_store_user("pre_A");
+    check_store_user("pre_c");
+    check_store_user("pre_ab");
+    check_store_user("other");
+
+    check_store_name("PRE_", prefix, sizeof prefix);
+    check_store_upper(prefix);
+    ck_assert_int_eq(store_users_by_prefix(st, prefix, 10, &v, &n), STORE_OK);
+    ck_assert_uint_eq(n, 4);
+    ck_assert_str_eq(v[0].username, check_store_name("pre_A", name,
+                                                     sizeof name));
+    ck_assert_str_eq(v[1].username, check_store_name("pre_ab", name,
+                                                     sizeof name));
+    ck_assert_str_eq(v[2].username, check_store_name("pre_b", name,
+                                                     sizeof name));
+    ck_assert_str_eq(v[3].username, check_store_name("pre_c", name,
+                                                     sizeof name));
+    free(v);
+
+    ck_assert_int_eq(store_users_by_prefix(st, prefix, 2, &v, &n), STORE_OK);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_str_eq(v[1].username, check_store_name("pre_ab", name,
+                                                     sizeof name));
+    free(v);
+
+    check_store_name("pre_x", prefix, sizeof prefix);
+    ck_assert_int_eq(store_users_by_prefix(st, prefix, 10, &v, &n), STORE_OK);
+    ck_assert_uint_eq(n, 0);
+    free(v);
+
+    /* The empty prefix matches everyone, still limited and ordered. */
+    ck_assert_int_eq(store_users_by_prefix(st, "", 3, &v, &n), STORE_OK);
+    ck_assert_uint_eq(n, 3);
+    ck_assert_int_lt(strcasecmp(v[0].username, v[1].username), 0);
+    ck_assert_int_lt(strcasecmp(v[1].username, v[2].username), 0);
+    free(v);
+}
+END_TEST
+
+START_TEST(test_users_by_names_resolves_or_names_the_missing_index)
+{
+    struct store_user_brief out[3];
+    char a[64], b[64], unknown[64], ua[64], ub[64];
+    const char *names[3];
+    int64_t ida = check_store_user("ann");
+    int64_t idb = check_store_user("Ben");
+    size_t missing = 99;
+
+    check_store_name("ann", a, sizeof a);
+    check_store_name("Ben", b, sizeof b);
+    check_store_name("ghost", unknown, sizeof unknown);
+    snprintf(ub, sizeof ub, "%s", b);
+    check_store_upper(ub);
+    snprintf(ua, sizeof ua, "%s", a);
+    check_store_upper(ua);
+
+    names[0] = ub;
+    names[1] = ua;
+    ck_assert_int_eq(store_users_by_names(st, names, 2, out, &missing),
+                     STORE_OK);
+    ck_assert_int_eq(out[0].id, idb);
+    ck_assert_str_eq(out[0].username, b);
+    ck_assert_int_eq(out[1].id, ida);
+    ck_assert_str_eq(out[1].username, a);
+
+    names[0] = a;
+    names[1] = unknown;
+    names[2] = b;
+    ck_assert_int_eq(store_users_by_names(st, names, 3, out, &missing),
+                     STORE_NOTFOUND);
+    ck_assert_uint_eq(missing, 1);
+}
+END_TEST
+
+/* --- sessions --- */
+
+/* A token hash of this test: the SHA-256 of its tag and a seed, so that
+ * no two tests (nor two runs on a shared database) share one. */
+static void check_store_token(uint8_t h[STORE_TOKEN_HASH_LEN], int seed)
+{
+    char in[64];
+    unsigned int len = 0;
+    int n = snprintf(in, sizeof in, "%s/%d", check_store_tag, seed);
+
+    ck_assert_int_eq(EVP_Digest(in, (size_t)n, h, &len, EVP_sha256(), NULL),
+                     1);
+    ck_assert_uint_eq(len, STORE_TOKEN_HASH_LEN);
+}
+
+START_TEST(test_session_is_found_until_it_expires)
+{
+    uint8_t h[STORE_TOKEN_HASH_LEN];
+    struct store_session ses;
+    char name[64];
+    int64_t uid = check_store_user("dora"), sid = 0;
+
+    check_store_token(h, 1);
+    ck_assert_int_eq(store_session_create(st, uid, h, T0, T0 + 60000, &sid),
+                     STORE_OK);
+    ck_assert_int_gt(sid, 0);
+    ck_assert_int_eq(store_session_lookup(st, h, T0 + 59999, &ses), STORE_OK);
+    ck_assert_int_eq(ses.session_id, sid);
+    ck_assert_int_eq(ses.user_id, uid);
+    ck_assert_str_eq(ses.username, check_store_name("dora", name,
+                                                    sizeof name));
+    ck_assert_int_eq(ses.expires_at, T0 + 60000);
+    ck_assert_int_eq(store_session_lookup(st, h, T0 + 60000, &ses),
+                     STORE_NOTFOUND);
+    ck_assert_int_eq(store_session_lookup(st, h, T0 + 999999, &ses),
+                     STORE_NOTFOUND);
+}
+END_TEST
+
+START_TEST(test_session_unknown_token_is_not_found)
+{
+    uint8_t h[STORE_TOKEN_HASH_LEN], other[STORE_TOKEN_HASH_LEN];
+    struct store_session ses;
+    int64_t uid = check_store_user("ed"), sid;
+
+    check_store_token(h, 2);
+    check_store_token(other, 3);
+    ck_assert_int_eq(store_session_create(st, uid, h, T0, T0 + 60000, &sid),
+                     STORE_OK);
+    ck_assert_int_eq(store_session_lookup(st, other, T0, &ses),
+                     STORE_NOTFOUND);
+}
+END_TEST
+
+START_TEST(test_session_delete_ends_only_that_session)
+{
+    uint8_t h1[STORE_TOKEN_HASH_LEN], h2[STORE_TOKEN_HASH_LEN];
+    struct store_session ses;
+    int64_t uid = check_store_user("fay"), s1, s2;
+
+    check_store_token(h1, 4);
+    check_store_token(h2, 5);
+    ck_assert_int_eq(store_session_create(st, uid, h1, T0, T0 + 60000, &s1),
+                     STORE_OK);
+    ck_assert_int_eq(store_session_create(st, uid, h2, T0, T0 + 60000, &s2),
+                     STORE_OK);
+    ck_assert_int_ne(s1, s2);
+    ck_assert_int_eq(store_session_delete(st, s1, T0 + 1), STORE_OK);
+    ck_assert_int_eq(store_session_lookup(st, h1, T0 + 2, &ses),
+                     STORE_NOTFOUND);
+    ck_assert_int_eq(store_session_lookup(st, h2, T0 + 2, &ses), STORE_OK);
+    ck_assert_int_eq(ses.session_id, s2);
+    ck_assert_int_eq(store_session_delete(st, s1, T0 + 3), STORE_NOTFOUND);
+}
+END_TEST
+
+START_TEST(test_session_for_unknown_user_is_refused)
+{
+    uint8_t h[STORE_TOKEN_HASH_LEN];
+    int64_t uid = check_store_user("gus"), sid;
+
+    check_store_token(h, 6);
+    ck_assert_int_ne(store_session_create(st, uid + 1000000, h, T0,
+                                          T0 + 60000, &sid), STORE_OK);
+}
+END_TEST
+
+/* --- conversations --- */
+
+START_TEST(test_direct_is_deduplicated_for_either_member)
+{
+    int64_t a = check_store_user("a"), b = check_store_user("b");
+    struct store_conv c1, c2, c3;
+    char na[64], nb[64];
+    int created = -1;
+
+    ck_assert_int_eq(store_conv_create(st, a, &b, 1, NULL, T0, &c1, &created),
+                     STORE_OK);
+    ck_assert_int_eq(created, 1);
+    ck_assert_str_eq(c1.kind, "direct");
+    ck_assert_ptr_null(c1.title);
+    ck_assert_uint_eq(c1.nmembers, 2);
+    ck_assert_int_eq(c1.members[0].id, a < b ? a : b);
+    ck_assert_int_eq(c1.members[1].id, a < b ? b : a);
+    check_store_name("a", na, sizeof na);
+    check_store_name("b", nb, sizeof nb);
+    ck_assert_str_eq(c1.members[a < b ? 0 : 1].username, na);
+    ck_assert_str_eq(c1.members[a < b ? 1 : 0].username, nb);
+    ck_assert_int_eq(c1.last_seq, 0);
+    ck_assert_int_eq(c1.has_last, 0);
+
+    ck_assert_int_eq(store_conv_create(st, b, &a, 1, NULL, T0 + 5, &c2,
+                                       &created), STORE_OK);
+    ck_assert_int_eq(created, 0);
+    ck_assert_int_eq(c2.id, c1.id);
+    ck_assert_uint_eq(c2.nmembers, 2);
+
+    ck_assert_int_eq(store_conv_create(st, a, &b, 1, NULL, T0 + 9, &c3,
+                                       &created), STORE_OK);
+    ck_assert_int_eq(created, 0);
+    ck_assert_int_eq(c3.id, c1.id);
+    store_conv_clear(&c1);
+    store_conv_clear(&c2);
+    store_conv_clear(&c3);
+}
+END_TEST
+
+START_TEST(test_group_is_created_each_time_with_members_by_id)
+{
+    int64_t a = check_store_user("ga"), b = check_store_user("gb");
+    int64_t c = check_store_user("gc");
+    int64_t others[2] = { c, b };
+    struct store_conv g1, g2;
+    int created = -1;
+    size_t i;
+
+    ck_assert_int_eq(store_conv_create(st, a, others, 2, "Team", T0, &g1,
+                                       &created), STORE_OK);
+    ck_assert_int_eq(created, 1);
+    ck_assert_str_eq(g1.kind, "group");
+    ck_assert_str_eq(g1.title, "Team");
+    ck_assert_uint_eq(g1.nmembers, 3);
+    for (i = 1; i < g1.nmembers; i++)
+        ck_assert_int_lt(g1.members[i - 1].id, g1.members[i].id);
+    ck_assert_int_eq(g1.last_activity, T0);
+
+    ck_assert_int_eq(store_conv_create(st, a, others, 2, "Team", T0, &g2,
+                                       &created), STORE_OK);
+    ck_assert_int_eq(created, 1);
+    ck_assert_int_ne(g2.id, g1.id);
+    store_conv_clear(&g1);
+    store_conv_clear(&g2);
+}
+END_TEST
+
+START_TEST(test_conv_with_unknown_member_is_not_found_and_not_created)
+{
+    int64_t a = check_store_user("ua"), b = check_store_user("ub");
+    int64_t others[2] = { b, b + 1000000 };
+    struct store_conv c, *v;
+    int created = -1;
+    size_t n;
+
+    ck_assert_int_eq(store_conv_create(st, a, others, 2, NULL, T0, &c,
+                                       &created), STORE_NOTFOUND);
+    ck_assert_int_eq(store_conv_list(st, a, &v, &n), STORE_OK);
+    ck_assert_uint_eq(n, 0);
+    store_convs_free(v, n);
+}
+END_TEST
+
+START_TEST(test_conv_list_orders_by_activity_with_unread_inputs)
+{
+    int64_t a = check_store_user("la"), b = check_store_user("lb");
+    int64_t c = check_store_user("lc");
+    int64_t pair[2] = { b, c };
+    int64_t ab = check_store_conv(a, &b, 1, NULL, T0);
+    int64_t ac = check_store_conv(a, &c, 1, NULL, T0 + 1);
+    int64_t grp = check_store_conv(a, pair, 2, "g", T0 + 2);
+    int64_t bc = check_store_conv(b, &c, 1, NULL, T0 + 3);
+    struct store_conv *v;
+    struct store_msg m;
+    char nb[64];
+    size_t n;
+
+    ck_assert_int_eq(check_store_send(ab, b, "m1", "hi a", T0 + 100, &m),
+                     STORE_OK);
+    store_msg_clear(&m);
+    ck_assert_int_eq(check_store_send(ab, b, "m2", "are you there", T0 + 110,
+                                      &m), STORE_OK);
+    store_msg_clear(&m);
+    ck_assert_int_eq(check_store_send(ac, a, "m3", "hi c", T0 + 200, &m),
+                     STORE_OK);
+    store_msg_clear(&m);
+
+    ck_assert_int_eq(store_conv_list(st, a, &v, &n), STORE_OK);
+    ck_assert_uint_eq(n, 3);    /* not bc: a is not in it */
+    ck_assert_int_eq(v[0].id, ac);
+    ck_assert_int_eq(v[1].id, ab);
+    ck_assert_int_eq(v[2].id, grp);
+
+    ck_assert_int_eq(v[0].last_seq, 1);
+    ck_assert_int_eq(v[0].read_seq, 1);     /* a sent it */
+    ck_assert_int_eq(v[0].last_activity, T0 + 200);
+    ck_assert_int_eq(v[1].last_seq, 2);
+    ck_assert_int_eq(v[1].read_seq, 0);     /* two unread */
+    ck_assert_int_eq(v[1].has_last, 1);
+    ck_assert_int_eq(v[1].last_message.seq, 2);
+    ck_assert_str_eq(v[1].last_message.body, "are you there");
+    ck_assert_str_eq(v[1].last_message.sender,
+                     check_store_name("lb", nb, sizeof nb));
+    ck_assert_str_eq(v[1].last_message.client_msg_id, "m2");
+    ck_assert_uint_eq(v[1].nmembers, 2);
+    ck_assert_int_eq(v[2].has_last, 0);
+    ck_assert_int_eq(v[2].last_seq, 0);
+    ck_assert_uint_eq(v[2].nmembers, 3);
+    ck_assert_str_eq(v[2].title, "g");
+    ck_assert_int_eq(v[2].last_activity, T0 + 2);
+    store_convs_free(v, n);
+
+    /* b's view of the same conversation: b wrote both, nothing unread. */
+    ck_assert_int_eq(check_store_read_seq(b, ab), 2);
+    (void)bc;
+}
+END_TEST
+
+START_TEST(test_conv_member_is_ok_forbidden_or_not_found)
+{
+    int64_t a = check_store_user("ma"), b = check_store_user("mb");
+    int64_t c = check_store_user("mc");
+    int64_t conv = check_store_conv(a, &b, 1, NULL, T0);
+    int64_t last = -1, *ids;
+    struct store_msg m;
+    size_t n;
+
+    ck_assert_int_eq(store_conv_member(st, conv, a, &last), STORE_OK);
+    ck_assert_int_eq(last, 0);
+    ck_assert_int_eq(check_store_send(conv, a, "x1", "one", T0 + 1, &m),
+                     STORE_OK);
+    store_msg_clear(&m);
+    ck_assert_int_eq(store_conv_member(st, conv, b, &last), STORE_OK);
+    ck_assert_int_eq(last, 1);
+    ck_assert_int_eq(store_conv_member(st, conv, c, &last), STORE_FORBIDDEN);
+    ck_assert_int_eq(store_conv_member(st, conv + 1000000, a, &last),
+                     STORE_NOTFOUND);
+
+    ck_assert_int_eq(store_conv_member_ids(st, conv, &ids, &n), STORE_OK);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_int_eq(ids[0], a < b ? a : b);
+    ck_assert_int_eq(ids[1], a < b ? b : a);
+    free(ids);
+    ck_assert_int_eq(store_conv_member_ids(st, conv + 1000000, &ids, &n),
+                     STORE_NOTFOUND);
+}
+END_TEST
+
+/* --- sending --- */
+
+START_TEST(test_batch_assigns_gapless_seqs_across_conversations)
+{
+    int64_t a = check_store_user("sa"), b = check_store_user("sb");
+    int64_t c = check_store_user("sc");
+    int64_t ab = check_store_conv(a, &b, 1, NULL, T0);
+    int64_t ac = check_store_conv(a, &c, 1, NULL, T0);
+    struct store_send sd[5];
+    static const int64_t want[5] = { 1, 1, 2, 2, 3 };
+    char na[64], nb[64], cid[16];
+    size_t i;
+
+    check_store_fill(&sd[0], ab, a, "c0", "to b 1", T0 + 10);
+    check_store_fill(&sd[1], ac, a, "c1", "to c 1", T0 + 11);
+    check_store_fill(&sd[2], ab, b, "c2", "to a 2", T0 + 12);
+    check_store_fill(&sd[3], ac, c, "c3", "to a 2 from c", T0 + 13);
+    check_store_fill(&sd[4], ab, a, "c4", "to b 3", T0 + 14);
+    ck_assert_int_eq(store_send_batch(st, sd, 5), STORE_OK);
+    for (i = 0; i < 5; i++) {
+        snprintf(cid, sizeof cid, "c%zu", i);
+        ck_assert_int_eq(sd[i].rc, STORE_OK);
+        ck_assert_int_eq(sd[i].msg.seq, want[i]);
+        ck_assert_int_gt(sd[i].msg.message_id, 0);
+        ck_assert_int_eq(sd[i].msg.conversation_id, sd[i].conversation_id);
+        ck_assert_int_eq(sd[i].msg.sender_id, sd[i].sender_id);
+        ck_assert_str_eq(sd[i].msg.client_msg_id, cid);
+        ck_assert_str_eq(sd[i].msg.body, sd[i].body);
+        ck_assert_int_eq(sd[i].msg.created_at, sd[i].now);
+        if (i > 0)
+            ck_assert_int_ne(sd[i].msg.message_id, sd[i - 1].msg.message_id);
+    }
+    ck_assert_str_eq(sd[0].msg.sender, check_store_name("sa", na, sizeof na));
+    ck_assert_str_eq(sd[2].msg.sender, check_store_name("sb", nb, sizeof nb));
+    check_store_sends_clear(sd, 5);
+
+    /* The next batch goes on where this one stopped. */
+    check_store_fill(&sd[0], ac, c, "c5", "again", T0 + 20);
+    check_store_fill(&sd[1], ab, b, "c6", "again", T0 + 21);
+    ck_assert_int_eq(store_send_batch(st, sd, 2), STORE_OK);
+    ck_assert_int_eq(sd[0].msg.seq, 3);
+    ck_assert_int_eq(sd[1].msg.seq, 4);
+    check_store_sends_clear(sd, 2);
+    ck_assert_int_eq(check_store_last_seq(ab, a), 4);
+    ck_assert_int_eq(check_store_last_seq(ac, a), 3);
+}
+END_TEST
+
+START_TEST(test_duplicate_within_a_batch_returns_the_first_message)
+{
+    int64_t a = check_store_user("da"), b = check_store_user("db");
+    int64_t c = check_store_user("dc");
+    int64_t ab = check_store_conv(a, &b, 1, NULL, T0);
+    int64_t ac = check_store_conv(a, &c, 1, NULL, T0);
+    struct store_send sd[3];
+    struct store_msg *h;
+    size_t n;
+    int more;
+
+    check_store_fill(&sd[0], ab, a, "same", "first", T0 + 1);
+    check_store_fill(&sd[1], ac, a, "same", "second, elsewhere", T0 + 2);
+    check_store_fill(&sd[2], ab, a, "same", "third", T0 + 3);
+    ck_assert_int_eq(store_send_batch(st, sd, 3), STORE_OK);
+    ck_assert_int_eq(sd[0].rc, STORE_OK);
+    ck_assert_int_eq(sd[1].rc, STORE_DUPLICATE);
+    ck_assert_int_eq(sd[2].rc, STORE_DUPLICATE);
+    ck_assert_int_eq(sd[1].msg.message_id, sd[0].msg.message_id);
+    ck_assert_int_eq(sd[1].msg.conversation_id, ab);
+    ck_assert_int_eq(sd[1].msg.seq, 1);
+    ck_assert_str_eq(sd[1].msg.body, "first");
+    ck_assert_int_eq(sd[1].msg.created_at, T0 + 1);
+    ck_assert_int_eq(sd[2].msg.message_id, sd[0].msg.message_id);
+    check_store_sends_clear(sd, 3);
+
+    ck_assert_int_eq(store_history(st, ab, 0, 0, 50, &h, &n, &more),
+                     STORE_OK);
+    ck_assert_uint_eq(n, 1);
+    store_msgs_free(h, n);
+    ck_assert_int_eq(store_history(st, ac, 0, 0, 50, &h, &n, &more),
+                     STORE_OK);
+    ck_assert_uint_eq(n, 0);
+    store_msgs_free(h, n);
+    ck_assert_int_eq(check_store_last_seq(ac, a), 0);
+}
+END_TEST
+
+START_TEST(test_duplicate_across_batches_returns_the_stored_message)
+{
+    int64_t a = check_store_user("xa"), b = check_store_user("xb");
+    int64_t c = check_store_user("xc");
+    int64_t ab = check_store_conv(a, &b, 1, NULL, T0);
+    int64_t ac = check_store_conv(a, &c, 1, NULL, T0);
+    struct store_msg m1, m2;
+
+    ck_assert_int_eq(check_store_send(ab, a, "retry-1", "hello", T0 + 1, &m1),
+                     STORE_OK);
+    ck_assert_int_eq(check_store_send(ac, a, "retry-1", "changed", T0 + 50,
+                                      &m2), STORE_DUPLICATE);
+    ck_assert_int_eq(m2.message_id, m1.message_id);
+    ck_assert_int_eq(m2.conversation_id, ab);
+    ck_assert_int_eq(m2.seq, m1.seq);
+    ck_assert_str_eq(m2.body, "hello");
+    ck_assert_str_eq(m2.sender, m1.sender);
+    ck_assert_int_eq(m2.created_at, T0 + 1);
+    store_msg_clear(&m1);
+    store_msg_clear(&m2);
+    ck_assert_int_eq(check_store_last_seq(ab, a), 1);
+    ck_assert_int_eq(check_store_last_seq(ac, a), 0);
+
+    /* client_msg_id is unique per sender: b may use the same one. */
+    ck_assert_int_eq(check_store_send(ab, b, "retry-1", "mine", T0 + 60, &m1),
+                     STORE_OK);
+    ck_assert_int_eq(m1.seq, 2);
+    store_msg_clear(&m1);
+}
+END_TEST
+
+START_TEST(test_refused_sends_do_not_affect_the_rest_of_the_batch)
+{
+    int64_t a = check_store_user("ra"), b = check_store_user("rb");
+    int64_t c = check_store_user("rc");
+    int64_t ab = check_store_conv(a, &b, 1, NULL, T0);
+    struct store_send sd[5];
+
+    check_store_fill(&sd[0], ab, a, "r0", "one", T0 + 1);
+    check_store_fill(&sd[1], ab, c, "r1", "intruder", T0 + 2);
+    check_store_fill(&sd[2], ab + 1000000, a, "r2", "nowhere", T0 + 3);
+    check_store_fill(&sd[3], ab, b, "r3", "", T0 + 4);   /* empty body */
+    check_store_fill(&sd[4], ab, b, "r4", "two", T0 + 5);
+    ck_assert_int_eq(store_send_batch(st, sd, 5), STORE_OK);
+    ck_assert_int_eq(sd[0].rc, STORE_OK);
+    ck_assert_int_eq(sd[1].rc, STORE_FORBIDDEN);
+    ck_assert_int_eq(sd[2].rc, STORE_NOTFOUND);
+    ck_assert_int_eq(sd[3].rc, STORE_ERR);
+    ck_assert_ptr_null(sd[3].msg.body);
+    ck_assert_int_eq(sd[4].rc, STORE_OK);
+    ck_assert_int_eq(sd[0].msg.seq, 1);
+    ck_assert_int_eq(sd[4].msg.seq, 2);
+    check_store_sends_clear(sd, 5);
+    ck_assert_int_eq(check_store_last_seq(ab, a), 2);
+
+    /* The refused client_msg_ids were not used up. */
+    check_store_fill(&sd[0], ab, a, "r2", "now here", T0 + 6);
+    ck_assert_int_eq(store_send_batch(st, sd, 1), STORE_OK);
+    ck_assert_int_eq(sd[0].rc, STORE_OK);
+    ck_assert_int_eq(sd[0].msg.seq, 3);
+    check_store_sends_clear(sd, 1);
+}
+END_TEST
+
+START_TEST(test_sending_moves_the_senders_read_marker_only)
+{
+    int64_t a = check_store_user("wa"), b = check_store_user("wb");
+    int64_t ab = check_store_conv(a, &b, 1, NULL, T0);
+    struct store_msg m;
+    int i;
+
+    for (i = 0; i < 3; i++) {
+        char cid[8];
+        snprintf(cid, sizeof cid, "w%d", i);
+        ck_assert_int_eq(check_store_send(ab, a, cid, "text", T0 + i, &m),
+                         STORE_OK);
+        store_msg_clear(&m);
+    }
+    ck_assert_int_eq(check_store_read_seq(a, ab), 3);
+    ck_assert_int_eq(check_store_read_seq(b, ab), 0);
+}
+END_TEST
+
+START_TEST(test_body_keeps_every_byte)
+{
+    int64_t a = check_store_user("ba"), b = check_store_user("bb");
+    int64_t ab = check_store_conv(a, &b, 1, NULL, T0);
+    char *big = xmalloc(16385);
+    struct store_msg *h;
+    struct store_msg m;
+    size_t n;
+    int more;
+
+    memset(big, 'z', 16384);
+    big[16384] = '\0';
+    ck_assert_int_eq(check_store_send(ab, a, "u1", "caf\xc3\xa9 \xf0\x9f\x98\x80"
+                                      " 'quoted' \"dq\" ; DROP TABLE users;",
+                                      T0, &m), STORE_OK);
+    store_msg_clear(&m);
+    ck_assert_int_eq(check_store_send(ab, a, "u2", big, T0, &m), STORE_OK);
+    store_msg_clear(&m);
+    ck_assert_int_eq(store_history(st, ab, 0, 0, 10, &h, &n, &more),
+                     STORE_OK);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_str_eq(h[0].body, "caf\xc3\xa9 \xf0\x9f\x98\x80"
+                     " 'quoted' \"dq\" ; DROP TABLE users;");
+    ck_assert_uint_eq(strlen(h[1].body), 16384);
+    ck_assert_int_eq(memcmp(h[1].body, big, 16384), 0);
+    store_msgs_free(h, n);
+    free(big);
+}
+END_TEST
+
+/* --- history --- */
+
+/* A conversation of a and b holding seqs 1..10, sent by a. */
+static int64_t check_store_ten(void)
+{
+    int64_t a = check_store_user("ha"), b = check_store_user("hb");
+    int64_t ab = check_store_conv(a, &b, 1, NULL, T0);
+    struct store_send sd[10];
+    char cids[10][8], bodies[10][16];
+    int i;
+
+    for (i = 0; i < 10; i++) {
+        snprintf(cids[i], sizeof cids[i], "h%d", i + 1);
+        snprintf(bodies[i], sizeof bodies[i], "body %d", i + 1);
+        check_store_fill(&sd[i], ab, a, cids[i], bodies[i], T0 + i);
+    }
+    ck_assert_int_eq(store_send_batch(st, sd, 10), STORE_OK);
+    check_store_sends_clear(sd, 10);
+    return ab;
+}
+
+/* Asserts one page: seqs first..first+count-1 in order, and has_more. */
+static void check_store_page(int64_t conv, int64_t before, int64_t after,
+                             size_t limit, int64_t first, size_t count,
+                             int more)
+{
+    struct store_msg *h;
+    char body[16];
+    int has_more = -1;
+    size_t n, i;
+
+    ck_assert_int_eq(store_history(st, conv, before, after, limit, &h, &n,
+                                   &has_more), STORE_OK);
+    ck_assert_msg(n == count, "before %lld after %lld limit %zu: %zu "
+                  "messages, expected %zu", (long long)before,
+                  (long long)after, limit, n, count);
+    for (i = 0; i < n; i++) {
+        ck_assert_int_eq(h[i].seq, first + (int64_t)i);
+        ck_assert_int_eq(h[i].conversation_id, conv);
+        snprintf(body, sizeof body, "body %lld", (long long)h[i].seq);
+        ck_assert_str_eq(h[i].body, body);
+    }
+    ck_assert_msg(has_more == more, "before %lld after %lld limit %zu: "
+                  "has_more %d, expected %d", (long long)before,
+                  (long long)after, limit, has_more, more);
+    store_msgs_free(h, n);
+}
+
+START_TEST(test_history_newest_page_by_default)
+{
+    int64_t conv = check_store_ten();
+
+    check_store_page(conv, 0, 0, 3, 8, 3, 1);
+    check_store_page(conv, 0, 0, 10, 1, 10, 0);
+    check_store_page(conv, 0, 0, 50, 1, 10, 0);
+}
+END_TEST
+
+START_TEST(test_history_pages_back_before_seq)
+{
+    int64_t conv = check_store_ten();
+
+    check_store_page(conv, 8, 0, 3, 5, 3, 1);
+    check_store_page(conv, 5, 0, 3, 2, 3, 1);
+    check_store_page(conv, 4, 0, 3, 1, 3, 0);
+    check_store_page(conv, 2, 0, 3, 1, 1, 0);
+    check_store_page(conv, 1, 0, 3, 1, 0, 0);
+}
+END_TEST
+
+START_TEST(test_history_pages_on_after_seq)
+{
+    int64_t conv = check_store_ten();
+
+    check_store_page(conv, 0, 2, 3, 3, 3, 1);
+    check_store_page(conv, 0, 7, 3, 8, 3, 0);
+    check_store_page(conv, 0, 9, 3, 10, 1, 0);
+    check_store_page(conv, 0, 10, 3, 1, 0, 0);
+}
+END_TEST
+
+START_TEST(test_history_both_bounds_page_back_within_the_range)
+{
+    int64_t conv = check_store_ten();
+
+    /* Between 2 and 9 exclusive lie 3..8: the newest three, more older. */
+    check_store_page(conv, 9, 2, 3, 6, 3, 1);
+    check_store_page(conv, 9, 5, 3, 6, 3, 0);
+    check_store_page(conv, 9, 2, 10, 3, 6, 0);
+    check_store_page(conv, 4, 3, 10, 1, 0, 0);
+}
+END_TEST
+
+START_TEST(test_history_of_empty_conversation_is_empty)
+{
+    int64_t a = check_store_user("ea"), b = check_store_user("eb");
+    int64_t ab = check_store_conv(a, &b, 1, NULL, T0);
+
+    check_store_page(ab, 0, 0, 50, 1, 0, 0);
+}
+END_TEST
+
+/* --- read markers --- */
+
+START_TEST(test_read_marker_moves_forward_only_and_is_clamped)
+{
+    int64_t conv = check_store_ten();
+    int64_t b, c = check_store_user("rc"), r = -1;
+    struct store_user u;
+    char name[64];
+
+    ck_assert_int_eq(store_user_by_name(st, check_store_name("hb", name,
+                                        sizeof name), &u), STORE_OK);
+    b = u.id;
+    ck_assert_int_eq(store_read_marker(st, b, conv, 3, T0 + 100, &r),
+                     STORE_OK);
+    ck_assert_int_eq(r, 3);
+    ck_assert_int_eq(store_read_marker(st, b, conv, 2, T0 + 101, &r),
+                     STORE_OK);
+    ck_assert_int_eq(r, 3);
+    ck_assert_int_eq(store_read_marker(st, b, conv, 7, T0 + 102, &r),
+                     STORE_OK);
+    ck_assert_int_eq(r, 7);
+    ck_assert_int_eq(store_read_marker(st, b, conv, 1000, T0 + 103, &r),
+                     STORE_OK);
+    ck_assert_int_eq(r, 10);
+    ck_assert_int_eq(check_store_read_seq(b, conv), 10);
+
+    ck_assert_int_eq(store_read_marker(st, c, conv, 1, T0, &r),
+                     STORE_FORBIDDEN);
+    ck_assert_int_eq(store_read_marker(st, b, conv + 1000000, 1, T0, &r),
+                     STORE_NOTFOUND);
+}
+END_TEST
+
+/* --- SQLite only: what the file holds --- */
+
+static sqlite3 *check_store_raw(void)
+{
+    sqlite3 *db = NULL;
+
+    ck_assert_int_eq(sqlite3_open_v2(check_store_db_path, &db,
+                                     SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    return db;
+}
+
+static int check_store_count(sqlite3 *db, const char *sql, const char *arg)
+{
+    sqlite3_stmt *s;
+    int n;
+
+    ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+    if (arg != NULL)
+        sqlite3_bind_text(s, 1, arg, -1, SQLITE_STATIC);
+    ck_assert_int_eq(sqlite3_step(s), SQLITE_ROW);
+    n = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    return n;
+}
+
+static int check_store_events(sqlite3 *db, const char *type)
+{
+    return check_store_count(db, "SELECT count(*) FROM events WHERE type = ?",
+                             type);
+}
+
+START_TEST(test_events_are_recorded_with_their_changes)
+{
+    int64_t a = check_store_user("va"), b = check_store_user("vb");
+    uint8_t h[STORE_TOKEN_HASH_LEN];
+    struct store_msg m;
+    int64_t sid, r, conv;
+    char id[32];
+    sqlite3 *db;
+
+    check_store_token(h, 7);
+    ck_assert_int_eq(store_session_create(st, a, h, T0, T0 + 1000, &sid),
+                     STORE_OK);
+    ck_assert_int_eq(store_session_delete(st, sid, T0 + 1), STORE_OK);
+    conv = check_store_conv(a, &b, 1, NULL, T0 + 2);
+    check_store_conv(b, &a, 1, NULL, T0 + 3);   /* the same: no event */
+    ck_assert_int_eq(check_store_send(conv, a, "e1", "x", T0 + 4, &m),
+                     STORE_OK);
+    store_msg_clear(&m);
+    ck_assert_int_eq(store_read_marker(st, b, conv, 1, T0 + 5, &r), STORE_OK);
+    ck_assert_int_eq(store_read_marker(st, b, conv, 1, T0 + 6, &r), STORE_OK);
+    ck_assert_int_eq(store_event_add(st, "security_test", 0,
+                                     "{\"reason\":\"probe\"}", T0 + 7),
+                     STORE_OK);
+
+    db = check_store_raw();
+    ck_assert_int_eq(check_store_events(db, "user_registration"), 2);
+    ck_assert_int_eq(check_store_events(db, "user_login"), 1);
+    ck_assert_int_eq(check_store_events(db, "user_logout"), 1);
+    ck_assert_int_eq(check_store_events(db, "conversation_created"), 1);
+    ck_assert_int_eq(check_store_events(db, "message_read"), 1);
+    ck_assert_int_eq(check_store_count(db, "SELECT count(*) FROM events "
+                     "WHERE type = 'security_test' AND user_id IS NULL AND "
+                     "detail = ? AND created_at = 1795521600007",
+                     "{\"reason\":\"probe\"}"), 1);
+    snprintf(id, sizeof id, "%lld", (long long)a);
+    ck_assert_int_eq(check_store_count(db, "SELECT count(*) FROM events "
+                     "WHERE type IN ('user_login', 'user_logout') "
+                     "AND user_id = ?", id), 2);
+    snprintf(id, sizeof id, "%lld", (long long)b);
+    ck_assert_int_eq(check_store_count(db, "SELECT count(*) FROM events "
+                     "WHERE type = 'message_read' AND user_id = ? AND "
+                     "created_at = 1795521600005", id), 1);
+    sqlite3_close(db);
+}
+END_TEST
+
+START_TEST(test_session_token_is_stored_only_as_its_hash)
+{
+    int64_t a = check_store_user("ka");
+    uint8_t h[STORE_TOKEN_HASH_LEN];
+    int64_t sid;
+    sqlite3 *db;
+
+    check_store_token(h, 8);
+    ck_assert_int_eq(store_session_create(st, a, h, T0, T0 + 1000, &sid),
+                     STORE_OK);
+    db = check_store_raw();
+    ck_assert_int_eq(check_store_count(db, "SELECT count(*) FROM sessions "
+                     "WHERE length(token_hash) = 32", NULL), 1);
+    sqlite3_close(db);
+}
+END_TEST
+
+START_TEST(test_failed_batch_stores_nothing)
+{
+    int64_t a = check_store_user("fa"), b = check_store_user("fb");
+    int64_t ab = check_store_conv(a, &b, 1, NULL, T0);
+    struct store_send sd[3];
+    struct store_msg *h;
+    sqlite3 *db;
+    size_t n, i;
+    int more;
+
+    /* Another connection adds a trigger that fails one insert, the way a
+     * full disk or a broken connection would fail it mid-transaction. */
+    db = check_store_raw();
+    ck_assert_int_eq(sqlite3_exec(db, "CREATE TRIGGER check_store_boom "
+                     "BEFORE INSERT ON messages WHEN NEW.body = 'boom' "
+                     "BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+                     NULL, NULL, NULL), SQLITE_OK);
+    check_store_fill(&sd[0], ab, a, "f0", "fine", T0 + 1);
+    check_store_fill(&sd[1], ab, b, "f1", "also fine", T0 + 2);
+    check_store_fill(&sd[2], ab, a, "f2", "boom", T0 + 3);
+    ck_assert_int_eq(store_send_batch(st, sd, 3), STORE_ERR);
+    ck_assert_ptr_nonnull(strstr(store_errstr(st), "injected failure"));
+    for (i = 0; i < 3; i++) {
+        ck_assert_int_eq(sd[i].rc, STORE_ERR);
+        ck_assert_ptr_null(sd[i].msg.body);
+        ck_assert_int_eq(sd[i].msg.message_id, 0);
+    }
+    ck_assert_int_eq(store_history(st, ab, 0, 0, 10, &h, &n, &more),
+                     STORE_OK);
+    ck_assert_uint_eq(n, 0);
+    store_msgs_free(h, n);
+    ck_assert_int_eq(check_store_last_seq(ab, a), 0);
+    ck_assert_int_eq(check_store_read_seq(a, ab), 0);
+
+    ck_assert_int_eq(sqlite3_exec(db, "DROP TRIGGER check_store_boom", NULL,
+                                  NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    /* The same sends again: seqs start at 1, the ids were not used up. */
+    ck_assert_int_eq(store_send_batch(st, sd, 3), STORE_OK);
+    for (i = 0; i < 3; i++) {
+        ck_assert_int_eq(sd[i].rc, STORE_OK);
+        ck_assert_int_eq(sd[i].msg.seq, (int64_t)i + 1);
+    }
+    check_store_sends_clear(sd, 3);
+}
+END_TEST
+
+static Suite *check_store_suite(const char *kind)
+{
+    Suite *s = suite_create(kind);
+    TCase *tc;
+
+    tc = tcase_create("users");
+    tcase_add_checked_fixture(tc, check_store_setup, check_store_teardown);
+    tcase_add_test(tc, test_ping_answers);
+    tcase_add_test(tc, test_register_conflicts_case_insensitively);
+    tcase_add_test(tc,
+                   test_lookup_by_name_in_any_case_keeps_registered_spelling);
+    tcase_add_test(tc, test_throttle_fields_round_trip);
+    tcase_add_test(tc,
+                   test_prefix_search_is_ordered_case_insensitive_and_limited);
+    tcase_add_test(tc,
+                   test_users_by_names_resolves_or_names_the_missing_index);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("sessions");
+    tcase_add_checked_fixture(tc, check_store_setup, check_store_teardown);
+    tcase_add_test(tc, test_session_is_found_until_it_expires);
+    tcase_add_test(tc, test_session_unknown_token_is_not_found);
+    tcase_add_test(tc, test_session_delete_ends_only_that_session);
+    tcase_add_test(tc, test_session_for_unknown_user_is_refused);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("conversations");
+    tcase_add_checked_fixture(tc, check_store_setup, check_store_teardown);
+    tcase_add_test(tc, test_direct_is_deduplicated_for_either_member);
+    tcase_add_test(tc, test_group_is_created_each_time_with_members_by_id);
+    tcase_add_test(tc,
+                   test_conv_with_unknown_member_is_not_found_and_not_created);
+    tcase_add_test(tc, test_conv_list_orders_by_activity_with_unread_inputs);
+    tcase_add_test(tc, test_conv_member_is_ok_forbidden_or_not_found);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("send_batch");
+    tcase_add_checked_fixture(tc, check_store_setup, check_store_teardown);
+    tcase_add_test(tc, test_batch_assigns_gapless_seqs_across_conversations);
+    tcase_add_test(tc, test_duplicate_within_a_batch_returns_the_first_message);
+    tcase_add_test(tc,
+                   test_duplicate_across_batches_returns_the_stored_message);
+    tcase_add_test(tc,
+                   test_refused_sends_do_not_affect_the_rest_of_the_batch);
+    tcase_add_test(tc, test_sending_moves_the_senders_read_marker_only);
+    tcase_add_test(tc, test_body_keeps_every_byte);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("history");
+    tcase_add_checked_fixture(tc, check_store_setup, check_store_teardown);
+    tcase_add_test(tc, test_history_newest_page_by_default);
+    tcase_add_test(tc, test_history_pages_back_before_seq);
+    tcase_add_test(tc, test_history_pages_on_after_seq);
+    tcase_add_test(tc, test_history_both_bounds_page_back_within_the_range);
+    tcase_add_test(tc, test_history_of_empty_conversation_is_empty);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("read_marker");
+    tcase_add_checked_fixture(tc, check_store_setup, check_store_teardown);
+    tcase_add_test(tc, test_read_marker_moves_forward_only_and_is_clamped);
+    suite_add_tcase(s, tc);
+
+    if (strcmp(kind, "sqlite") == 0) {
+        tc = tcase_create("urls");
+        tcase_add_test(tc, test_url_picks_backend_by_scheme);
+        tcase_add_test(tc, test_open_refuses_unknown_url_without_echoing_it);
+        tcase_add_test(tc, test_open_reports_unopenable_sqlite_file);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("sqlite_file");
+        tcase_add_checked_fixture(tc, check_store_setup,
+                                  check_store_teardown);
+        tcase_add_test(tc, test_events_are_recorded_with_their_changes);
+        tcase_add_test(tc, test_session_token_is_stored_only_as_its_hash);
+        tcase_add_test(tc, test_failed_batch_stores_nothing);
+        suite_add_tcase(s, tc);
+    }
+    return s;
+}
+
+/* The data directory: $CHATD_TEST_DATA_DIR, else the source tree, found
+ * from the usual working directories of a test run. */
+static int check_store_find_data(void)
+{
+    static const char *const guesses[] = { ".", "..", "../.." };
+    const char *env = getenv("CHATD_TEST_DATA_DIR");
+    char probe[1100];
+    size_t i;
+
+    if (env != NULL && *env != '\0') {
+        snprintf(check_store_data, sizeof check_store_data, "%s", env);
+        return 0;
+    }
+    for (i = 0; i < sizeof guesses / sizeof guesses[0]; i++) {
+        snprintf(probe, sizeof probe,
+                 "%s/migrations/sqlite/0001_initial.up.sql", guesses[i]);
+        if (access(probe, R_OK) == 0) {
+            snprintf(check_store_data, sizeof check_store_data, "%s",
+                     guesses[i]);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int check_store_rm(const char *path, const struct stat *sb, int flag,
+                          struct FTW *ftw)
+{
+    return remove(path);
+}
+
+static int check_store_run(const char *kind)
+{
+    SRunner *sr;
+    int failed;
+
+    check_store_kind = kind;
+    sr = srunner_create(check_store_suite(kind));
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed;
+}
+
+int main(void)
+{
+    const char *tmp = getenv("TMPDIR");
+    int failed;
+
+    if (check_store_find_data() < 0) {
+        fprintf(stderr, "check_store: migrations not found: set "
+                "CHATD_TEST_DATA_DIR to the source tree\n");
+        return EXIT_FAILURE;
+    }
+    snprintf(check_store_tmp, sizeof check_store_tmp, "%s/check_store.XXXXXX",
+             tmp && *tmp ? tmp : "/tmp");
+    if (mkdtemp(check_store_tmp) == NULL) {
+        perror("check_store: mkdtemp");
+        return EXIT_FAILURE;
+    }
+
+    failed = check_store_run("sqlite");
+    check_store_pg_url = getenv("CHATD_TEST_PG_URL");
+    if (check_store_pg_url != NULL && *check_store_pg_url != '\0')
+        failed += check_store_run("postgres");
+    else
+        printf("check_store: CHATD_TEST_PG_URL is not set; the Postgres "
+               "run is not part of this build\n");
+
+    nftw(check_store_tmp, check_store_rm, 16, FTW_DEPTH | FTW_PHYS);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
