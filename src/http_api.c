@@ -295,8 +295,10 @@ static int http_api_login(struct http_req *r, struct store *s)
     if (rc == STORE_NOTFOUND) {
         /* The same work and the same answer as a wrong password. */
         auth_verify_dummy(pw);
-        http_api_security(r, "login_failed", proto_valid_username(name, nlen)
-                          ? name : NULL, 0);
+        char shown[65];
+        /* What was tried, cut to 64 bytes; the logger escapes it. */
+        snprintf(shown, sizeof shown, "%s", name);
+        http_api_security(r, "login_failed", shown, 0);
         http_req_error(r, 401, "invalid_credentials",
                        "wrong username or password");
         json_object_put(o);

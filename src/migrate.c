@@ -60,6 +60,22 @@ static void migrate_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
+/* A progress line; out may be NULL for none. */
+static void migrate_say(FILE *out, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void migrate_say(FILE *out, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (out == NULL)
+        return;
+    va_start(ap, fmt);
+    vfprintf(out, fmt, ap);
+    va_end(ap);
+    fflush(out);
+}
+
 /* Reads a whole file into a NUL-terminated heap buffer (caller frees). */
 static char *migrate_read_file(const char *path, size_t *len, char *err,
                                size_t errlen)
@@ -438,13 +454,12 @@ static int migrate_run(struct store *s, const struct migrate_file *f, int up,
         return -1;
     migrate_describe(f, sql, &m);
     if (dry_run) {
-        fprintf(out, "would run %s.%s.sql%s\n", f->stem, dir,
-                m.no_transaction ? " (outside a transaction)" : "");
+        migrate_say(out, "would run %s.%s.sql%s\n", f->stem, dir,
+                    m.no_transaction ? " (outside a transaction)" : "");
         free(sql);
         return 0;
     }
-    fprintf(out, "running %s.%s.sql\n", f->stem, dir);
-    fflush(out);
+    migrate_say(out, "running %s.%s.sql\n", f->stem, dir);
     t0 = util_mono_ns();
     rc = store_mig_apply(s, &m, sql, up);
     free(sql);
@@ -460,9 +475,8 @@ static int migrate_run(struct store *s, const struct migrate_file *f, int up,
                     f->version, f->version);
         return -1;
     }
-    fprintf(out, "done %s.%s.sql in %lld ms\n", f->stem, dir,
-            (long long)((util_mono_ns() - t0) / 1000000));
-    fflush(out);
+    migrate_say(out, "done %s.%s.sql in %lld ms\n", f->stem, dir,
+                (long long)((util_mono_ns() - t0) / 1000000));
     return 0;
 }
 
@@ -487,7 +501,8 @@ int migrate_up(struct store *s, const char *dir, int steps, int dry_run,
     if (steps > 0 && cur + steps < last)
         last = cur + steps;
     if (cur >= last) {
-        fprintf(out, "database schema is up to date at version %d\n", cur);
+        migrate_say(out, "database schema is up to date at version %d\n",
+                    cur);
         migrate_unload(s, &ctx);
         return 0;
     }
@@ -495,8 +510,8 @@ int migrate_up(struct store *s, const char *dir, int steps, int dry_run,
         rc = migrate_run(s, migrate_file_of(&ctx, v), 1, dry_run, out, err,
                          errlen);
     if (rc == 0)
-        fprintf(out, "database schema %s at version %d\n",
-                dry_run ? "would be" : "is", last);
+        migrate_say(out, "database schema %s at version %d\n",
+                    dry_run ? "would be" : "is", last);
     migrate_unload(s, &ctx);
     return rc;
 }
@@ -519,7 +534,7 @@ int migrate_down(struct store *s, const char *dir, int steps, int dry_run,
     }
     cur = migrate_current(&ctx);
     if (cur == 0) {
-        fprintf(out, "no migration is applied: nothing to revert\n");
+        migrate_say(out, "no migration is applied: nothing to revert\n");
         migrate_unload(s, &ctx);
         return 0;
     }
@@ -528,8 +543,8 @@ int migrate_down(struct store *s, const char *dir, int steps, int dry_run,
         rc = migrate_run(s, migrate_file_of(&ctx, v), 0, dry_run, out, err,
                          errlen);
     if (rc == 0)
-        fprintf(out, "database schema %s at version %d\n",
-                dry_run ? "would be" : "is", last);
+        migrate_say(out, "database schema %s at version %d\n",
+                    dry_run ? "would be" : "is", last);
     migrate_unload(s, &ctx);
     return rc;
 }
@@ -556,8 +571,8 @@ int migrate_status(struct store *s, const char *dir, FILE *out, char *err,
     top = (int)ctx.nfiles;
     if (ctx.napplied > 0 && ctx.applied[ctx.napplied - 1].version > top)
         top = ctx.applied[ctx.napplied - 1].version;
-    fprintf(out, "%-8s %-32s %-22s %s\n", "version", "name", "state",
-            "applied at");
+    migrate_say(out, "%-8s %-32s %-22s %s\n", "version", "name", "state",
+                "applied at");
     for (v = 1; v <= top; v++) {
         const struct migrate_file *f = migrate_file_of(&ctx, v);
         const struct store_migration *m = migrate_applied_of(&ctx, v);
@@ -578,11 +593,11 @@ int migrate_status(struct store *s, const char *dir, FILE *out, char *err,
             state = "applied";
         if (m != NULL)
             util_format_time(m->applied_at, when);
-        fprintf(out, "%-8d %-32s %-22s %s\n", v,
-                f ? f->name : m ? m->name : "?", state, when);
+        migrate_say(out, "%-8d %-32s %-22s %s\n", v,
+                    f ? f->name : m ? m->name : "?", state, when);
     }
-    fprintf(out, "database schema is at version %d; the newest migration "
-            "is %d\n", migrate_current(&ctx), (int)ctx.nfiles);
+    migrate_say(out, "database schema is at version %d; the newest "
+                "migration is %d\n", migrate_current(&ctx), (int)ctx.nfiles);
     migrate_unload(s, &ctx);
     return 0;
 }
@@ -602,16 +617,17 @@ int migrate_verify(struct store *s, const char *dir, FILE *out, char *err,
         const char *why = migrate_row_problem(&ctx, m, buf, sizeof buf);
 
         if (why == NULL) {
-            fprintf(out, "ok      %04d_%s\n", m->version, m->name);
+            migrate_say(out, "ok      %04d_%s\n", m->version, m->name);
             continue;
         }
-        fprintf(out, "FAILED  %04d_%s: %s\n", m->version, m->name, why);
+        migrate_say(out, "FAILED  %04d_%s: %s\n", m->version, m->name, why);
         if (!bad)
             migrate_err(err, errlen, "%s", why);
         bad = 1;
     }
     if (!bad)
-        fprintf(out, "%zu applied migration(s) verified\n", ctx.napplied);
+        migrate_say(out, "%zu applied migration(s) verified\n",
+                    ctx.napplied);
     migrate_unload(s, &ctx);
     return bad ? -1 : 0;
 }
@@ -660,7 +676,7 @@ int migrate_force_clean(struct store *s, int version, FILE *out, char *err,
                     "%d: %s", version, store_errstr(s));
         return -1;
     }
-    fprintf(out, "cleared the dirty mark of migration %d\n", version);
+    migrate_say(out, "cleared the dirty mark of migration %d\n", version);
     return 0;
 }
 
@@ -684,7 +700,7 @@ static int migrate_parse_count(const char *arg)
 
 static int migrate_usage(FILE *err_out, const char *why)
 {
-    fprintf(err_out, "chatd migrate: %s; usage: chatd migrate up [N] "
+    fprintf(err_out, "chatd: migrate: %s; usage: chatd migrate up [N] "
             "[--dry-run] | down [N] [--dry-run] | status | verify | "
             "force-clean N\n", why);
     return 2;
@@ -731,9 +747,8 @@ int migrate_main(struct store *s, const char *dir, int argc, char **argv,
         rc = migrate_verify(s, dir, out, err, sizeof err);
     else
         rc = migrate_force_clean(s, count, out, err, sizeof err);
-    fflush(out);
     if (rc == 0)
         return 0;
-    fprintf(err_out, "chatd migrate %s: %s\n", cmd, err);
+    fprintf(err_out, "chatd: migrate %s: %s\n", cmd, err);
     return 1;
 }

@@ -17,7 +17,7 @@
  * owns the store, and each takes the migration lock for its duration
  * (store_mig_begin / store_mig_end). dir is the migrations directory of
  * the store's kind, e.g. DATA/migrations/sqlite. Functions return 0 or -1
- * with a one-line reason in err; progress lines go to out.
+ * with a one-line reason in err; progress lines go to out (NULL: none).
  */
 #ifndef CHATD_MIGRATE_H
 #define CHATD_MIGRATE_H
@@ -55,7 +55,7 @@ int migrate_force_clean(struct store *s, int version, FILE *out, char *err,
 /* The command line `chatd migrate up [N] | down [N] | status | verify |
  * force-clean N`, up and down also with --dry-run: argv[0] is the
  * subcommand. Returns the process exit code (0 ok, 1 failure, 2 usage)
- * and prints an error as one line on err_out. */
+ * and prints an error as one line on err_out, "chatd: migrate ...". */
 int migrate_main(struct store *s, const char *dir, int argc, char **argv,
                  FILE *out, FILE *err_out);
 

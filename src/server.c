@@ -448,6 +448,11 @@ static int server_http_cb(struct lws *wsi, enum lws_callback_reasons reason,
     struct server *srv = lws_context_user(lws_get_context(wsi));
     struct server_conn *pc = user;
 
+    /* lws may refuse a malformed request (and close it) before any
+     * per-connection state exists: then there is nothing of ours. */
+    if (pc == NULL && reason != LWS_CALLBACK_EVENT_WAIT_CANCELLED)
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+
     switch (reason) {
     case LWS_CALLBACK_HTTP:
         pc->wsi = wsi;

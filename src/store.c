@@ -75,7 +75,8 @@ void store_set_error(struct store *s, const char *fmt, ...)
     va_end(ap);
     /* Driver messages sometimes end in a newline; errstr is one line. */
     len = strlen(s->errstr);
-    while (len > 0 && (s->errstr[len - 1] == '\n' || s->errstr[len - 1] == '\r'))
+    while (len > 0 &&
+           (s->errstr[len - 1] == '\n' || s->errstr[len - 1] == '\r'))
         s->errstr[--len] = '\0';
 }
 

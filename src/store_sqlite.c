@@ -35,7 +35,6 @@ enum store_sqlite_sid {
     SS_BEGIN,
     SS_BEGIN_READ,
     SS_COMMIT,
-    SS_ROLLBACK,
     SS_PING,
     SS_USER_INSERT,
     SS_USER_BY_KEY,
@@ -85,7 +84,6 @@ static const char *const store_sqlite_sql[SS__COUNT] = {
      * read, without taking the write lock. */
     [SS_BEGIN_READ] = "BEGIN",
     [SS_COMMIT] = "COMMIT",
-    [SS_ROLLBACK] = "ROLLBACK",
     [SS_PING] = "SELECT 1",
 
     [SS_USER_INSERT] =
@@ -320,37 +318,21 @@ static int store_sqlite_begin_read(struct store_sqlite *ss)
     return store_sqlite_simple(ss, SS_BEGIN_READ, "begin");
 }
 
+/* Ends a transaction without its changes. The error that led here is
+ * already in errstr; the rare path needs no cached statement. */
+static void store_sqlite_rollback(struct store_sqlite *ss)
+{
+    if (!sqlite3_get_autocommit(ss->db))  /* SQLite may have done it */
+        sqlite3_exec(ss->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
 static int store_sqlite_commit(struct store_sqlite *ss)
 {
     if (store_sqlite_simple(ss, SS_COMMIT, "commit") == STORE_OK)
         return STORE_OK;
-    /* A COMMIT that failed may leave the transaction open. */
-    if (!sqlite3_get_autocommit(ss->db))
-        sqlite3_exec(ss->db, "ROLLBACK", NULL, NULL, NULL);
+    /* A COMMIT that failed (SQLITE_BUSY) leaves the transaction open. */
+    store_sqlite_rollback(ss);
     return STORE_ERR;
-}
-
-/* Ends a transaction without its changes. The error that led here is
- * already in errstr; a failing ROLLBACK must not replace it. */
-static void store_sqlite_rollback(struct store_sqlite *ss)
-{
-    sqlite3_stmt *st;
-
-    if (sqlite3_get_autocommit(ss->db))
-        return;             /* SQLite already rolled it back */
-    st = ss->stmt[SS_ROLLBACK];
-    if (st == NULL &&
-        sqlite3_prepare_v3(ss->db, store_sqlite_sql[SS_ROLLBACK], -1,
-                           SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK)
-        st = NULL;
-    ss->stmt[SS_ROLLBACK] = st;
-    if (st != NULL) {
-        sqlite3_reset(st);
-        sqlite3_step(st);
-        sqlite3_reset(st);
-    }
-    if (!sqlite3_get_autocommit(ss->db))
-        sqlite3_exec(ss->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
 /* Copies a text column into a fixed buffer of size cap (NUL-terminated,
@@ -413,6 +395,22 @@ static int store_sqlite_key(const char *name, char *key, size_t cap)
     return 0;
 }
 
+/* A client_msg_id the store can keep: 1 to STORE_CLIENT_MSG_ID_MAX
+ * characters (counted as UTF-8 lead bytes), at most 4 bytes each, which
+ * is what struct store_msg has room for. Sets *len to its bytes. */
+static int store_sqlite_cid_ok(const char *cid, size_t *len)
+{
+    size_t i, chars = 0;
+
+    *len = cid ? strlen(cid) : 0;
+    if (*len < 1 || *len > 4 * STORE_CLIENT_MSG_ID_MAX)
+        return 0;
+    for (i = 0; i < *len; i++)
+        if (((unsigned char)cid[i] & 0xc0) != 0x80)
+            chars++;
+    return chars >= 1 && chars <= STORE_CLIENT_MSG_ID_MAX;
+}
+
 /* SQLite's LIMIT takes a signed 64-bit value; a size_t might not fit. */
 static sqlite3_int64 store_sqlite_limit(size_t limit)
 {
@@ -448,8 +446,7 @@ static void store_sqlite_close(struct store *s)
     struct store_sqlite *ss = store_sqlite_of(s);
     size_t i;
 
-    if (!sqlite3_get_autocommit(ss->db))
-        sqlite3_exec(ss->db, "ROLLBACK", NULL, NULL, NULL);
+    store_sqlite_rollback(ss);
     for (i = 0; i < SS__COUNT; i++)
         sqlite3_finalize(ss->stmt[i]);
     sqlite3_close(ss->db);
@@ -589,7 +586,8 @@ static int store_sqlite_users_by_prefix(struct store *s, const char *prefix,
     *n = 0;
     if (limit == 0 || store_sqlite_key(prefix, key, sizeof key) < 0)
         return STORE_OK;    /* no name is longer than the maximum */
-    if (key[0] != '\0' && store_sqlite_key_upper(key, upper, sizeof upper) == 0) {
+    if (key[0] != '\0' &&
+        store_sqlite_key_upper(key, upper, sizeof upper) == 0) {
         st = store_sqlite_stmt(ss, SS_USERS_RANGE);
         if (st == NULL)
             return STORE_ERR;
@@ -1080,16 +1078,14 @@ static int store_sqlite_history(struct store *s, int64_t conv_id,
     /* Only after_seq: the oldest page after it. Otherwise the newest page
      * below before_seq (and above after_seq). */
     int back = before_seq > 0 || after_seq <= 0;
-    struct store_msg *v;
-    size_t cnt = 0, i;
+    struct store_msg *v = NULL;
+    size_t cnt = 0, cap = 0, i;
     sqlite3_stmt *st;
     int rc;
 
     *out = NULL;
     *n = 0;
     *has_more = 0;
-    if (limit > 100000)
-        limit = 100000;     /* a bound on one allocation, far above use */
     st = store_sqlite_stmt(ss, back ? SS_HISTORY_BACK : SS_HISTORY_ON);
     if (st == NULL)
         return STORE_ERR;
@@ -1097,12 +1093,15 @@ static int store_sqlite_history(struct store *s, int64_t conv_id,
     sqlite3_bind_int64(st, 2, after_seq > 0 ? after_seq : 0);
     sqlite3_bind_int64(st, 3, before_seq > 0 ? before_seq : INT64_MAX);
     /* One row more than asked says whether there is more. */
-    sqlite3_bind_int64(st, 4, (sqlite3_int64)limit + 1);
-    v = xcalloc(limit + 1, sizeof *v);
+    sqlite3_bind_int64(st, 4, store_sqlite_limit(limit) + 1);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (cnt == limit) {
             *has_more = 1;
             break;
+        }
+        if (cnt == cap) {
+            cap = cap ? cap * 2 : (limit < 64 ? limit : 64);
+            v = xrealloc(v, cap * sizeof *v);
         }
         store_sqlite_msg_read(st, &v[cnt++]);
     }
@@ -1132,14 +1131,15 @@ static int store_sqlite_history(struct store *s, int64_t conv_id,
 static int store_sqlite_send_one(struct store_sqlite *ss,
                                  struct store_send *sd)
 {
-    size_t cid_len = sd->client_msg_id ? strlen(sd->client_msg_id) : 0;
     struct store_msg *m = &sd->msg;
+    size_t cid_len;
+    int cid_ok = store_sqlite_cid_ok(sd->client_msg_id, &cid_len);
     sqlite3_stmt *st;
     int rc;
 
     /* A retry, also of a send earlier in this very batch: the message
      * first stored under this client_msg_id, whatever this one says. */
-    if (cid_len >= 1 && cid_len <= STORE_CLIENT_MSG_ID_MAX) {
+    if (cid_ok) {
         st = store_sqlite_stmt(ss, SS_MSG_BY_CLIENT_ID);
         if (st == NULL)
             return STORE_ERR;
@@ -1180,8 +1180,7 @@ static int store_sqlite_send_one(struct store_sqlite *ss,
     /* The caller validates these; one it let through must not fail the
      * statement after last_seq moved (a gap) nor the whole batch, so it
      * is refused here, alone. */
-    if (cid_len < 1 || cid_len > STORE_CLIENT_MSG_ID_MAX ||
-        sd->body == NULL || sd->body_len < 1 ||
+    if (!cid_ok || sd->body == NULL || sd->body_len < 1 ||
         sd->body_len > STORE_SQLITE_BODY_MAX) {
         m->sender[0] = '\0';
         sd->rc = STORE_ERR;
@@ -1540,10 +1539,7 @@ fail:
 
 static void store_sqlite_mig_end(struct store *s)
 {
-    struct store_sqlite *ss = store_sqlite_of(s);
-
-    if (!sqlite3_get_autocommit(ss->db))
-        store_sqlite_rollback(ss);
+    store_sqlite_rollback(store_sqlite_of(s));
 }
 
 static const struct store_ops store_sqlite_ops = {

@@ -71,14 +71,16 @@ CREATE INDEX conversation_members_user
 
 -- Messages. UNIQUE (conversation_id, seq) is also the index history pages
 -- by; UNIQUE (sender_id, client_msg_id) makes a retried send idempotent
--- and is the index the retry is found by. Lengths are in bytes.
+-- and is the index the retry is found by. client_msg_id is 1 to 64
+-- characters (length() counts characters), the body 1 to 16384 bytes.
 CREATE TABLE messages (
     id              INTEGER PRIMARY KEY,
     conversation_id INTEGER NOT NULL REFERENCES conversations (id),
     seq             INTEGER NOT NULL CHECK (seq >= 1),
     sender_id       INTEGER NOT NULL REFERENCES users (id),
     client_msg_id   TEXT    NOT NULL
-                    CHECK (length(CAST(client_msg_id AS BLOB)) BETWEEN 1 AND 64),
+                    CHECK (length(client_msg_id) BETWEEN 1 AND 64
+                           AND length(CAST(client_msg_id AS BLOB)) <= 256),
     body            TEXT    NOT NULL
                     CHECK (length(CAST(body AS BLOB)) BETWEEN 1 AND 16384),
     created_at      INTEGER NOT NULL,

@@ -7,6 +7,7 @@ import statistics
 import time
 
 from chatd_client import RFC3339_MS, assert_error, unique_name
+from conftest import ChatdProcess
 
 
 def parse_time(s):
@@ -420,3 +421,22 @@ def test_users_no_match(client):
 def test_users_needs_auth(client):
     r = client.get("/api/users?prefix=a")
     assert_error(r, 401, "unauthorized")
+
+
+def test_session_ttl_flag(tmp_dir):
+    # the lifetime of a session follows --session-ttl, in the body and in
+    # the cookie (waiting out a real expiry would take a minute at least)
+    proc = ChatdProcess(tmp_dir, args=["--session-ttl", "3600"])
+    proc.start()
+    c = proc.client()
+    name = unique_name("ttl")
+    assert c.register(name, "password1").status == 201
+    before = datetime.datetime.now(datetime.timezone.utc)
+    r = c.login(name, "password1")
+    assert r.status == 200, r
+    delta = (parse_time(r.json["expires_at"]) - before).total_seconds()
+    assert 3600 - 5 <= delta <= 3600 + 5, delta
+    cookie = [p.strip().lower() for p in r.header("Set-Cookie", "").split(";")]
+    assert "max-age=3600" in cookie, cookie
+    assert c.get("/api/me", token=r.json["token"]).status == 200
+    assert proc.stop() == 0, proc.stderr_text()

@@ -139,6 +139,14 @@ def test_startup_line_on_stderr(run):
     assert len(lines) == 1, run.stderr
     assert lines[0].startswith("chatd: serving http://127.0.0.1:%d/ "
                                "(database sqlite:" % run.port), lines
+    assert lines[0].endswith("chat.db)"), lines
+
+
+def test_stderr_speaks_only_in_chatd_lines(run):
+    # stderr is for people: the one startup line (and errors), each
+    # starting with "chatd: "; everything else goes to the JSON log
+    for ln in run.stderr.splitlines():
+        assert ln.startswith("chatd: "), run.stderr
 
 
 def test_user_registration(run):
@@ -257,3 +265,30 @@ def test_no_secrets_in_output(run):
     assert run.bad_token not in out
     # nor any cookie header
     assert "chat_session=" not in out
+
+
+def test_slow_queries_are_logged(tmp_dir):
+    # with a threshold of 0 ms every query is slow enough to be logged
+    proc = ChatdProcess(tmp_dir, args=["--slow-query-ms", "0"])
+    proc.start()
+    c = proc.client()
+    password = "slow-secret-" + os.urandom(6).hex()
+    u = c.new_user("slow", password=password)
+    assert c.get("/api/me", token=u.token).status == 200
+    assert proc.stop() == 0, proc.stderr_text()
+    evs = [e for e in proc.log_events()
+           if e.get("event_type") == "database_query"]
+    assert evs, "no database_query events with --slow-query-ms 0"
+    for e in evs:
+        assert isinstance(e["operation"], str) and e["operation"], e
+        assert isinstance(e["duration_ms"], (int, float)), e
+        assert e["duration_ms"] >= 0
+    out = proc.stdout_bytes().decode("utf-8", "replace")
+    assert password not in out and u.token not in out
+
+
+def test_default_threshold_logs_no_fast_queries(run):
+    # the default threshold is 100 ms; this small run has no such query
+    slow = [e for e in events(run, "database_query")
+            if e.get("duration_ms", 0) < 100]
+    assert slow == []

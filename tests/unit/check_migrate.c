@@ -258,6 +258,24 @@ START_TEST(test_status_shows_pending_before_up)
 }
 END_TEST
 
+START_TEST(test_null_out_runs_silently)
+{
+    char err[1024] = "";
+
+    ck_assert_int_eq(migrate_up(st, check_migrate_dir, 0, 0, NULL, err,
+                                sizeof err), 0);
+    ck_assert_int_eq(check_migrate_has_table("users"), 1);
+    ck_assert_int_eq(migrate_status(st, check_migrate_dir, NULL, err,
+                                    sizeof err), 0);
+    ck_assert_int_eq(migrate_verify(st, check_migrate_dir, NULL, err,
+                                    sizeof err), 0);
+    ck_assert_int_eq(migrate_down(st, check_migrate_dir, 1, 0, NULL, err,
+                                  sizeof err), 0);
+    ck_assert_int_eq(check_migrate_has_table("users"), 0);
+    ck_assert_str_eq(check_migrate_text(), "");
+}
+END_TEST
+
 START_TEST(test_up_takes_steps)
 {
     check_migrate_add_widgets();
@@ -669,6 +687,8 @@ START_TEST(test_main_exit_codes_and_usage)
 
     ck_assert_int_eq(check_migrate_main(e, sizeof e, 0), 2);
     ck_assert_contains(e, "usage");
+    ck_assert_int_eq(strncmp(e, "chatd: ", 7), 0);
+    ck_assert_ptr_eq(strchr(e, '\n'), e + strlen(e) - 1);
     ck_assert_int_eq(check_migrate_main(e, sizeof e, 1, "sideways"), 2);
     ck_assert_int_eq(check_migrate_main(e, sizeof e, 2, "up", "many"), 2);
     ck_assert_int_eq(check_migrate_main(e, sizeof e, 2, "down", "0"), 2);
@@ -690,7 +710,7 @@ START_TEST(test_main_exit_codes_and_usage)
 
     ck_assert_int_eq(check_migrate_main(e, sizeof e, 2, "force-clean", "1"),
                      1);
-    ck_assert_str_eq(e, "chatd migrate force-clean: migration 1 is not "
+    ck_assert_str_eq(e, "chatd: migrate force-clean: migration 1 is not "
                      "marked dirty\n");
 
     ck_assert_int_eq(check_migrate_main(e, sizeof e, 1, "down"), 0);
@@ -699,7 +719,7 @@ START_TEST(test_main_exit_codes_and_usage)
     /* A failure is one line on the error stream, exit code 1. */
     check_migrate_write(check_migrate_dir, "0002_widgets.up.sql", WIDGETS_UP);
     ck_assert_int_eq(check_migrate_main(e, sizeof e, 1, "up"), 1);
-    ck_assert_contains(e, "chatd migrate up: ");
+    ck_assert_contains(e, "chatd: migrate up: ");
     ck_assert_ptr_eq(strchr(e, '\n'), e + strlen(e) - 1);
 }
 END_TEST
@@ -715,6 +735,7 @@ static Suite *check_migrate_suite(void)
     tcase_add_test(tc, test_up_applies_all_and_status_lists_them);
     tcase_add_test(tc, test_status_shows_pending_before_up);
     tcase_add_test(tc, test_up_takes_steps);
+    tcase_add_test(tc, test_null_out_runs_silently);
     tcase_add_test(tc, test_down_then_up_gives_an_identical_schema);
     tcase_add_test(tc, test_down_refuses_zero_steps);
     tcase_add_test(tc, test_dry_run_changes_nothing);
@@ -727,8 +748,8 @@ static Suite *check_migrate_suite(void)
     tcase_add_test(tc, test_tampered_applied_file_is_refused_by_up_and_verify);
     tcase_add_test(tc,
                    test_failed_up_marks_dirty_and_blocks_until_force_clean);
-    tcase_add_test(tc,
-                   test_failed_down_marks_dirty_and_force_clean_keeps_it_applied);
+    tcase_add_test(
+        tc, test_failed_down_marks_dirty_and_force_clean_keeps_it_applied);
     tcase_add_test(tc, test_check_says_behind_ahead_or_ok);
     suite_add_tcase(s, tc);
 
@@ -796,7 +817,7 @@ int main(void)
         return EXIT_FAILURE;
     }
     snprintf(check_migrate_tmp, sizeof check_migrate_tmp,
-             "%s/check_migrate.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+             "%s/check_migrate.XXXXXX", tmp && *tmp ? tmp : P_tmpdir);
     if (mkdtemp(check_migrate_tmp) == NULL) {
         perror("check_migrate: mkdtemp");
         return EXIT_FAILURE;

@@ -30,13 +30,14 @@
 #include "util.h"
 
 #define T0 1795521600000LL      /* 2026-11-24T12:00:00Z */
-#define HASH "$y$j9T$0123456789abcdef$ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopq"
+#define HASH "$y$j9T$0123456789abcdef$ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijk"
 
 static const char *check_store_kind;   /* "sqlite" or "postgres" */
 static const char *check_store_pg_url;
 static char check_store_tmp[1024];    /* holds every test's database */
 static char check_store_data[1024];
 static char check_store_db_path[1200]; /* this test's SQLite file */
+static char check_store_url[1300];     /* this test's database */
 static char check_store_tag[24];       /* this test's name prefix */
 static unsigned check_store_counter;
 static struct store *st;
@@ -45,7 +46,8 @@ static struct store *st;
 
 static void check_store_setup(void)
 {
-    char url[1300], dir[1100], err[512];
+    char *url = check_store_url, dir[1100], err[512];
+    size_t urllen = sizeof check_store_url;
     FILE *devnull;
 
     /* Unique across processes and runs, so names never collide on a
@@ -58,9 +60,9 @@ static void check_store_setup(void)
         ck_assert_ptr_nonnull(mkdtemp(dir));
         snprintf(check_store_db_path, sizeof check_store_db_path,
                  "%s/chatd.db", dir);
-        snprintf(url, sizeof url, "sqlite:%s", check_store_db_path);
+        snprintf(url, urllen, "sqlite:%s", check_store_db_path);
     } else {
-        snprintf(url, sizeof url, "%s", check_store_pg_url);
+        snprintf(url, urllen, "%s", check_store_pg_url);
     }
     err[0] = '\0';
     st = store_open(url, err, sizeof err);
@@ -833,7 +835,8 @@ START_TEST(test_body_keeps_every_byte)
 
     memset(big, 'z', 16384);
     big[16384] = '\0';
-    ck_assert_int_eq(check_store_send(ab, a, "u1", "caf\xc3\xa9 \xf0\x9f\x98\x80"
+    ck_assert_int_eq(check_store_send(ab, a, "u1",
+                                      "caf\xc3\xa9 \xf0\x9f\x98\x80"
                                       " 'quoted' \"dq\" ; DROP TABLE users;",
                                       T0, &m), STORE_OK);
     store_msg_clear(&m);
@@ -842,12 +845,113 @@ START_TEST(test_body_keeps_every_byte)
     ck_assert_int_eq(store_history(st, ab, 0, 0, 10, &h, &n, &more),
                      STORE_OK);
     ck_assert_uint_eq(n, 2);
+    ck_assert_int_eq(h[0].seq, 1);
+    ck_assert_int_eq(h[1].seq, 2);
     ck_assert_str_eq(h[0].body, "caf\xc3\xa9 \xf0\x9f\x98\x80"
                      " 'quoted' \"dq\" ; DROP TABLE users;");
     ck_assert_uint_eq(strlen(h[1].body), 16384);
     ck_assert_int_eq(memcmp(h[1].body, big, 16384), 0);
     store_msgs_free(h, n);
     free(big);
+}
+END_TEST
+
+START_TEST(test_client_msg_id_is_up_to_64_characters_of_utf8)
+{
+    int64_t a = check_store_user("ia"), b = check_store_user("ib");
+    int64_t ab = check_store_conv(a, &b, 1, NULL, T0);
+    char accents[2 * 64 + 1], emoji[4 * 64 + 1], long_ascii[66];
+    struct store_send sd[3];
+    struct store_msg *h;
+    size_t n;
+    int i, more;
+
+    for (i = 0; i < 64; i++) {
+        memcpy(accents + 2 * i, "\xc3\xa9", 2);       /* U+00E9 */
+        memcpy(emoji + 4 * i, "\xf0\x9f\x98\x80", 4); /* U+1F600 */
+    }
+    accents[2 * 64] = '\0';
+    emoji[4 * 64] = '\0';
+    memset(long_ascii, 'k', 65);
+    long_ascii[65] = '\0';
+    check_store_fill(&sd[0], ab, a, accents, "one", T0 + 1);
+    check_store_fill(&sd[1], ab, a, emoji, "two", T0 + 2);
+    check_store_fill(&sd[2], ab, a, long_ascii, "three", T0 + 3);
+    ck_assert_int_eq(store_send_batch(st, sd, 3), STORE_OK);
+    ck_assert_int_eq(sd[0].rc, STORE_OK);
+    ck_assert_str_eq(sd[0].msg.client_msg_id, accents);
+    ck_assert_int_eq(sd[1].rc, STORE_OK);
+    ck_assert_str_eq(sd[1].msg.client_msg_id, emoji);
+    ck_assert_int_eq(sd[2].rc, STORE_ERR);   /* 65 characters */
+    check_store_sends_clear(sd, 3);
+
+    ck_assert_int_eq(store_history(st, ab, 0, 0, 10, &h, &n, &more),
+                     STORE_OK);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_str_eq(h[0].client_msg_id, accents);
+    ck_assert_str_eq(h[1].client_msg_id, emoji);
+    store_msgs_free(h, n);
+
+    /* And the retry finds them. */
+    check_store_fill(&sd[0], ab, a, emoji, "again", T0 + 4);
+    ck_assert_int_eq(store_send_batch(st, sd, 1), STORE_OK);
+    ck_assert_int_eq(sd[0].rc, STORE_DUPLICATE);
+    ck_assert_int_eq(sd[0].msg.seq, 2);
+    check_store_sends_clear(sd, 1);
+}
+END_TEST
+
+START_TEST(test_committed_send_is_seen_by_another_connection_at_once)
+{
+    int64_t a = check_store_user("oa"), b = check_store_user("ob");
+    int64_t ab = check_store_conv(a, &b, 1, NULL, T0);
+    struct store *reader;
+    struct store_msg m, *h;
+    char err[256] = "";
+    size_t n;
+    int more;
+
+    /* The reader opens first and has read before, as a worker thread's
+     * connection would have. */
+    reader = store_open(check_store_url, err, sizeof err);
+    ck_assert_msg(reader != NULL, "%s", err);
+    ck_assert_int_eq(store_history(reader, ab, 0, 0, 10, &h, &n, &more),
+                     STORE_OK);
+    ck_assert_uint_eq(n, 0);
+    store_msgs_free(h, n);
+
+    ck_assert_int_eq(check_store_send(ab, a, "o1", "acked", T0 + 1, &m),
+                     STORE_OK);
+    ck_assert_int_eq(store_history(reader, ab, 0, 0, 10, &h, &n, &more),
+                     STORE_OK);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_int_eq(h[0].message_id, m.message_id);
+    ck_assert_int_eq(h[0].seq, m.seq);
+    ck_assert_str_eq(h[0].body, "acked");
+    store_msgs_free(h, n);
+    store_msg_clear(&m);
+    store_close(reader);
+}
+END_TEST
+
+START_TEST(test_conv_create_refuses_malformed_member_lists)
+{
+    int64_t a = check_store_user("na"), b = check_store_user("nb");
+    int64_t self[1] = { a }, twice[2] = { b, b };
+    struct store_conv c, *v;
+    int created = -1;
+    size_t n;
+
+    ck_assert_int_eq(store_conv_create(st, a, NULL, 0, NULL, T0, &c,
+                                       &created), STORE_ERR);
+    ck_assert_int_eq(store_conv_create(st, a, self, 1, NULL, T0, &c,
+                                       &created), STORE_ERR);
+    ck_assert_int_eq(store_conv_create(st, a, twice, 2, NULL, T0, &c,
+                                       &created), STORE_ERR);
+    ck_assert_int_gt(strlen(store_errstr(st)), 0);
+    ck_assert_int_eq(store_conv_list(st, a, &v, &n), STORE_OK);
+    ck_assert_uint_eq(n, 0);
+    store_convs_free(v, n);
 }
 END_TEST
 
@@ -1162,6 +1266,7 @@ static Suite *check_store_suite(const char *kind)
                    test_conv_with_unknown_member_is_not_found_and_not_created);
     tcase_add_test(tc, test_conv_list_orders_by_activity_with_unread_inputs);
     tcase_add_test(tc, test_conv_member_is_ok_forbidden_or_not_found);
+    tcase_add_test(tc, test_conv_create_refuses_malformed_member_lists);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("send_batch");
@@ -1174,6 +1279,9 @@ static Suite *check_store_suite(const char *kind)
                    test_refused_sends_do_not_affect_the_rest_of_the_batch);
     tcase_add_test(tc, test_sending_moves_the_senders_read_marker_only);
     tcase_add_test(tc, test_body_keeps_every_byte);
+    tcase_add_test(tc, test_client_msg_id_is_up_to_64_characters_of_utf8);
+    tcase_add_test(tc,
+                   test_committed_send_is_seen_by_another_connection_at_once);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("history");
@@ -1263,7 +1371,7 @@ int main(void)
         return EXIT_FAILURE;
     }
     snprintf(check_store_tmp, sizeof check_store_tmp, "%s/check_store.XXXXXX",
-             tmp && *tmp ? tmp : "/tmp");
+             tmp && *tmp ? tmp : P_tmpdir);
     if (mkdtemp(check_store_tmp) == NULL) {
         perror("check_store: mkdtemp");
         return EXIT_FAILURE;
