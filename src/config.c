@@ -125,6 +125,8 @@ int config_parse_listen(const char *s, char *host, size_t hostlen, int *port)
         return -1;
     memcpy(host, s, hl);
     host[hl] = '\0';
+    if (strcmp(host, "localhost") == 0)
+        snprintf(host, hostlen, "127.0.0.1");
     return 0;
 }
 

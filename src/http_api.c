@@ -473,9 +473,9 @@ static int http_api_conv_create(struct http_req *r, struct store *s)
         name = json_object_get_string(m);
         len = (size_t)json_object_get_string_len(m);
         if (!proto_valid_username(name, len)) {
-            json_object_put(o);
             http_req_error(r, 400, "invalid_username",
                            "'%.40s' is not a valid username", name);
+            json_object_put(o);
             return WORKER_DONE;
         }
         if (strcasecmp(name, r->session.username) == 0)
@@ -589,7 +589,8 @@ static int http_api_seq_arg(struct http_req *r, const char *key, int64_t lo,
 
 static int http_api_history(struct http_req *r, struct store *s)
 {
-    int64_t before = 0, after = 0, limit = HTTP_HISTORY_DEFAULT, last_seq;
+    int64_t before = STORE_UNBOUNDED, after = STORE_UNBOUNDED;
+    int64_t limit = HTTP_HISTORY_DEFAULT, last_seq;
     struct store_msg *msgs = NULL;
     struct util_buf b = { 0 };
     size_t n = 0, i;

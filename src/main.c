@@ -61,7 +61,7 @@ static int main_check_schema(const struct config *cfg)
         return main_fail("cannot open the database: %s%s", err, "");
     main_migrations_dir(cfg, dir, sizeof dir);
     if (kind && strcmp(kind, "sqlite") == 0 &&
-        migrate_up(s, dir, 0, 0, stderr, err, sizeof err) != 0)
+        migrate_up(s, dir, 0, 0, NULL, err, sizeof err) != 0)
         rc = main_fail("cannot migrate the database: %s%s", err, "");
     else if (migrate_check(s, dir, err, sizeof err) != 0)
         rc = main_fail("%s%s", err, "");

@@ -19,7 +19,12 @@
  */
 #include "server.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -497,13 +502,58 @@ static void server_lws_log(int level, const char *line)
               LOG_STR("message", msg), LF_END);
 }
 
+/* Tries to bind host:port the way lws will, so that a busy or foreign
+ * address is a clear one-line error before lws starts (lws logs its own
+ * lines and fails less cleanly). 0 if the address is free. */
+static int server_probe_listen(const char *host, int port, char *err,
+                               size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    int fd, one = 1, rc;
+
+    memset(&ss, 0, sizeof ss);
+    if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        a->sin_family = AF_INET;
+        a->sin_port = htons((uint16_t)port);
+        sl = sizeof *a;
+    } else if (inet_pton(AF_INET6, host,
+                         &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        sl = sizeof *a;
+    } else {
+        snprintf(err, errlen, "cannot listen on %s:%d: give an IP address "
+                 "such as 127.0.0.1 or 0.0.0.0", host, port);
+        return -1;
+    }
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot create a socket: %s", strerror(errno));
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    rc = bind(fd, (struct sockaddr *)&ss, sl);
+    if (rc != 0)
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", host, port,
+                 strerror(errno));
+    close(fd);
+    return rc == 0 ? 0 : -1;
+}
+
 struct server *server_create(const struct config *cfg, struct http_api *api,
                              struct worker_sink *sink, char *err,
                              size_t errlen)
 {
     struct lws_context_creation_info info;
-    struct server *srv = xcalloc(1, sizeof *srv);
+    struct server *srv;
 
+    if (server_probe_listen(cfg->listen_host, cfg->listen_port, err,
+                            errlen) != 0)
+        return NULL;
+    srv = xcalloc(1, sizeof *srv);
     srv->cfg = cfg;
     srv->api = api;
     srv->sink = sink;

@@ -227,8 +227,10 @@ int store_conv_member(struct store *s, int64_t conv_id, int64_t user_id,
 /* The user ids of a conversation's members (caller frees *ids). */
 int store_conv_member_ids(struct store *s, int64_t conv_id, int64_t **ids,
                           size_t *n);
-/* A page of messages in ascending seq order. Bounds are exclusive, 0 means
- * unbounded. Without before_seq/after_seq: the newest limit. With only
+#define STORE_UNBOUNDED (-1)
+/* A page of messages in ascending seq order. Bounds are exclusive;
+ * STORE_UNBOUNDED (any negative value) means none (so after_seq 0 pages
+ * from the start and before_seq 0 is an empty page). Without before_seq/after_seq: the newest limit. With only
  * after_seq: the oldest limit after it. has_more: more exist beyond the page
  * in the direction paged (older when paging back, newer when paging on). */
 int store_history(struct store *s, int64_t conv_id, int64_t before_seq,

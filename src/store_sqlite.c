@@ -1077,7 +1077,7 @@ static int store_sqlite_history(struct store *s, int64_t conv_id,
     struct store_sqlite *ss = store_sqlite_of(s);
     /* Only after_seq: the oldest page after it. Otherwise the newest page
      * below before_seq (and above after_seq). */
-    int back = before_seq > 0 || after_seq <= 0;
+    int back = before_seq >= 0 || after_seq < 0;
     struct store_msg *v = NULL;
     size_t cnt = 0, cap = 0, i;
     sqlite3_stmt *st;
@@ -1090,8 +1090,8 @@ static int store_sqlite_history(struct store *s, int64_t conv_id,
     if (st == NULL)
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, conv_id);
-    sqlite3_bind_int64(st, 2, after_seq > 0 ? after_seq : 0);
-    sqlite3_bind_int64(st, 3, before_seq > 0 ? before_seq : INT64_MAX);
+    sqlite3_bind_int64(st, 2, after_seq >= 0 ? after_seq : 0);
+    sqlite3_bind_int64(st, 3, before_seq >= 0 ? before_seq : INT64_MAX);
     /* One row more than asked says whether there is more. */
     sqlite3_bind_int64(st, 4, store_sqlite_limit(limit) + 1);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {

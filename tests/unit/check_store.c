@@ -728,11 +728,11 @@ START_TEST(test_duplicate_within_a_batch_returns_the_first_message)
     ck_assert_int_eq(sd[2].msg.message_id, sd[0].msg.message_id);
     check_store_sends_clear(sd, 3);
 
-    ck_assert_int_eq(store_history(st, ab, 0, 0, 50, &h, &n, &more),
+    ck_assert_int_eq(store_history(st, ab, U, U, 50, &h, &n, &more),
                      STORE_OK);
     ck_assert_uint_eq(n, 1);
     store_msgs_free(h, n);
-    ck_assert_int_eq(store_history(st, ac, 0, 0, 50, &h, &n, &more),
+    ck_assert_int_eq(store_history(st, ac, U, U, 50, &h, &n, &more),
                      STORE_OK);
     ck_assert_uint_eq(n, 0);
     store_msgs_free(h, n);
@@ -842,7 +842,7 @@ START_TEST(test_body_keeps_every_byte)
     store_msg_clear(&m);
     ck_assert_int_eq(check_store_send(ab, a, "u2", big, T0, &m), STORE_OK);
     store_msg_clear(&m);
-    ck_assert_int_eq(store_history(st, ab, 0, 0, 10, &h, &n, &more),
+    ck_assert_int_eq(store_history(st, ab, U, U, 10, &h, &n, &more),
                      STORE_OK);
     ck_assert_uint_eq(n, 2);
     ck_assert_int_eq(h[0].seq, 1);
@@ -885,7 +885,7 @@ START_TEST(test_client_msg_id_is_up_to_64_characters_of_utf8)
     ck_assert_int_eq(sd[2].rc, STORE_ERR);   /* 65 characters */
     check_store_sends_clear(sd, 3);
 
-    ck_assert_int_eq(store_history(st, ab, 0, 0, 10, &h, &n, &more),
+    ck_assert_int_eq(store_history(st, ab, U, U, 10, &h, &n, &more),
                      STORE_OK);
     ck_assert_uint_eq(n, 2);
     ck_assert_str_eq(h[0].client_msg_id, accents);
@@ -915,14 +915,14 @@ START_TEST(test_committed_send_is_seen_by_another_connection_at_once)
      * connection would have. */
     reader = store_open(check_store_url, err, sizeof err);
     ck_assert_msg(reader != NULL, "%s", err);
-    ck_assert_int_eq(store_history(reader, ab, 0, 0, 10, &h, &n, &more),
+    ck_assert_int_eq(store_history(reader, ab, U, U, 10, &h, &n, &more),
                      STORE_OK);
     ck_assert_uint_eq(n, 0);
     store_msgs_free(h, n);
 
     ck_assert_int_eq(check_store_send(ab, a, "o1", "acked", T0 + 1, &m),
                      STORE_OK);
-    ck_assert_int_eq(store_history(reader, ab, 0, 0, 10, &h, &n, &more),
+    ck_assert_int_eq(store_history(reader, ab, U, U, 10, &h, &n, &more),
                      STORE_OK);
     ck_assert_uint_eq(n, 1);
     ck_assert_int_eq(h[0].message_id, m.message_id);
@@ -976,6 +976,8 @@ static int64_t check_store_ten(void)
     return ab;
 }
 
+#define U STORE_UNBOUNDED
+
 /* Asserts one page: seqs first..first+count-1 in order, and has_more. */
 static void check_store_page(int64_t conv, int64_t before, int64_t after,
                              size_t limit, int64_t first, size_t count,
@@ -1007,9 +1009,9 @@ START_TEST(test_history_newest_page_by_default)
 {
     int64_t conv = check_store_ten();
 
-    check_store_page(conv, 0, 0, 3, 8, 3, 1);
-    check_store_page(conv, 0, 0, 10, 1, 10, 0);
-    check_store_page(conv, 0, 0, 50, 1, 10, 0);
+    check_store_page(conv, U, U, 3, 8, 3, 1);
+    check_store_page(conv, U, U, 10, 1, 10, 0);
+    check_store_page(conv, U, U, 50, 1, 10, 0);
 }
 END_TEST
 
@@ -1017,11 +1019,13 @@ START_TEST(test_history_pages_back_before_seq)
 {
     int64_t conv = check_store_ten();
 
-    check_store_page(conv, 8, 0, 3, 5, 3, 1);
-    check_store_page(conv, 5, 0, 3, 2, 3, 1);
-    check_store_page(conv, 4, 0, 3, 1, 3, 0);
-    check_store_page(conv, 2, 0, 3, 1, 1, 0);
-    check_store_page(conv, 1, 0, 3, 1, 0, 0);
+    check_store_page(conv, 8, U, 3, 5, 3, 1);
+    check_store_page(conv, 5, U, 3, 2, 3, 1);
+    check_store_page(conv, 4, U, 3, 1, 3, 0);
+    check_store_page(conv, 2, U, 3, 1, 1, 0);
+    check_store_page(conv, 1, U, 3, 1, 0, 0);
+    /* Nothing lies before seq 0. */
+    check_store_page(conv, 0, U, 3, 1, 0, 0);
 }
 END_TEST
 
@@ -1029,10 +1033,12 @@ START_TEST(test_history_pages_on_after_seq)
 {
     int64_t conv = check_store_ten();
 
-    check_store_page(conv, 0, 2, 3, 3, 3, 1);
-    check_store_page(conv, 0, 7, 3, 8, 3, 0);
-    check_store_page(conv, 0, 9, 3, 10, 1, 0);
-    check_store_page(conv, 0, 10, 3, 1, 0, 0);
+    check_store_page(conv, U, 2, 3, 3, 3, 1);
+    check_store_page(conv, U, 7, 3, 8, 3, 0);
+    check_store_page(conv, U, 9, 3, 10, 1, 0);
+    check_store_page(conv, U, 10, 3, 1, 0, 0);
+    /* after_seq 0 pages from the very start. */
+    check_store_page(conv, U, 0, 3, 1, 3, 1);
 }
 END_TEST
 
@@ -1053,7 +1059,7 @@ START_TEST(test_history_of_empty_conversation_is_empty)
     int64_t a = check_store_user("ea"), b = check_store_user("eb");
     int64_t ab = check_store_conv(a, &b, 1, NULL, T0);
 
-    check_store_page(ab, 0, 0, 50, 1, 0, 0);
+    check_store_page(ab, U, U, 50, 1, 0, 0);
 }
 END_TEST
 
@@ -1212,7 +1218,7 @@ START_TEST(test_failed_batch_stores_nothing)
         ck_assert_ptr_null(sd[i].msg.body);
         ck_assert_int_eq(sd[i].msg.message_id, 0);
     }
-    ck_assert_int_eq(store_history(st, ab, 0, 0, 10, &h, &n, &more),
+    ck_assert_int_eq(store_history(st, ab, U, U, 10, &h, &n, &more),
                      STORE_OK);
     ck_assert_uint_eq(n, 0);
     store_msgs_free(h, n);
