@@ -27,6 +27,9 @@
 
 #include "migrate.h"
 #include "store.h"
+
+/* No bound, in store_history(). */
+#define U STORE_UNBOUNDED
 #include "util.h"
 
 #define T0 1795521600000LL      /* 2026-11-24T12:00:00Z */
@@ -975,8 +978,6 @@ static int64_t check_store_ten(void)
     check_store_sends_clear(sd, 10);
     return ab;
 }
-
-#define U STORE_UNBOUNDED
 
 /* Asserts one page: seqs first..first+count-1 in order, and has_more. */
 static void check_store_page(int64_t conv, int64_t before, int64_t after,
