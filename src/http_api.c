@@ -693,7 +693,7 @@ static int http_api_read(struct http_req *r, struct store *s)
     }
     rc = store_read_marker(s, r->session.user_id, r->path_id, seq,
                            util_now_ms(), &read_seq);
-    if (http_api_check_member(r, s, rc) != 0)
+    if (http_api_check_member(r, s, rc == STORE_DUPLICATE ? STORE_OK : rc))
         return WORKER_DONE;
     http_req_empty(r, 204);
     log_event(LOG_INFO, "message_read", r->trace_id,

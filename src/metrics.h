@@ -156,20 +156,26 @@ void metrics_observe_http(const char *method, const char *route, int status,
                           double seconds);
 
 /*
- * The families metrics_init() registers; NULL before it. Labeled families
- * are used through metrics_child(); label-less ones are exported as their
- * one child.
+ * The families metrics_init() registers; NULL before it (updates through a
+ * NULL child do nothing, so modules need not check). metrics_init() sets
+ * them before other threads start; they are read-only afterwards. Labelled
+ * families are used through metrics_child(); label-less ones are exported
+ * as their one child.
+ *
+ * Labels: method, route, status / method, route / type, route.
  */
-extern struct metrics_family *metrics_http_requests;          /* method,route,status */
-extern struct metrics_family *metrics_http_request_duration;  /* method,route */
-extern struct metrics_family *metrics_errors;                 /* type,route */
-extern struct metrics_family *metrics_cache_requests;         /* operation */
-extern struct metrics_family *metrics_cache_hits;             /* operation */
-extern struct metrics_family *metrics_cache_misses;           /* operation */
-extern struct metrics_family *metrics_cache_duration;         /* operation */
-extern struct metrics_family *metrics_db_queries;             /* operation */
-extern struct metrics_family *metrics_db_query_duration;      /* operation */
-extern struct metrics_family *metrics_ws_frames_rejected;     /* reason */
+extern struct metrics_family *metrics_http_requests;
+extern struct metrics_family *metrics_http_request_duration;
+extern struct metrics_family *metrics_errors;
+/* Label: operation. */
+extern struct metrics_family *metrics_cache_requests;
+extern struct metrics_family *metrics_cache_hits;
+extern struct metrics_family *metrics_cache_misses;
+extern struct metrics_family *metrics_cache_duration;
+extern struct metrics_family *metrics_db_queries;
+extern struct metrics_family *metrics_db_query_duration;
+/* Label: reason. */
+extern struct metrics_family *metrics_ws_frames_rejected;
 
 extern struct metrics_child *metrics_messages_created;
 extern struct metrics_child *metrics_users_registered;

@@ -161,6 +161,12 @@ int store_conv_member_ids(struct store *s, int64_t conv_id, int64_t **ids,
     return s->ops->conv_member_ids(s, conv_id, ids, n);
 }
 
+int store_user_contacts(struct store *s, int64_t user_id, int64_t **ids,
+                        size_t *n)
+{
+    return s->ops->user_contacts(s, user_id, ids, n);
+}
+
 int store_history(struct store *s, int64_t conv_id, int64_t before_seq,
                   int64_t after_seq, size_t limit, struct store_msg **out,
                   size_t *n, int *has_more)

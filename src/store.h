@@ -143,6 +143,8 @@ struct store_ops {
                        int64_t *last_seq);
     int (*conv_member_ids)(struct store *, int64_t conv_id, int64_t **ids,
                            size_t *n);
+    int (*user_contacts)(struct store *, int64_t user_id, int64_t **ids,
+                         size_t *n);
     int (*history)(struct store *, int64_t conv_id, int64_t before_seq,
                    int64_t after_seq, size_t limit, struct store_msg **out,
                    size_t *n, int *has_more);
@@ -228,6 +230,10 @@ int store_conv_member(struct store *s, int64_t conv_id, int64_t user_id,
 int store_conv_member_ids(struct store *s, int64_t conv_id, int64_t **ids,
                           size_t *n);
 #define STORE_UNBOUNDED (-1)
+/* The users who share at least one conversation with user_id, without
+ * that user, ascending (caller frees *ids; none: *ids NULL, *n 0). */
+int store_user_contacts(struct store *s, int64_t user_id, int64_t **ids,
+                        size_t *n);
 /* A page of messages in ascending seq order. Bounds are exclusive;
  * STORE_UNBOUNDED (any negative value) means none (so after_seq 0 pages
  * from the start and before_seq 0 is an empty page). Without before_seq/after_seq: the newest limit. With only
@@ -241,8 +247,10 @@ int store_history(struct store *s, int64_t conv_id, int64_t before_seq,
  * the transaction failed (then nothing of it is stored). */
 int store_send_batch(struct store *s, struct store_send *sends, size_t n);
 /* Moves the member's read marker forward to min(seq, last_seq); never back.
- * *read_seq is the marker after. STORE_FORBIDDEN / STORE_NOTFOUND as
- * store_conv_member. Records message_read when it moved. */
+ * *read_seq is the marker after. Returns STORE_OK when the marker moved,
+ * STORE_DUPLICATE when it stayed where it was, STORE_FORBIDDEN /
+ * STORE_NOTFOUND as store_conv_member. Records message_read when it
+ * moved. */
 int store_read_marker(struct store *s, int64_t user_id, int64_t conv_id,
                       int64_t seq, int64_t now, int64_t *read_seq);
 /* Appends to the events table (user_id 0: none; detail_json may be NULL). */

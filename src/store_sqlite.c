@@ -54,6 +54,7 @@ enum store_sqlite_sid {
     SS_MSG_BY_SEQ,
     SS_CONV_MEMBER,
     SS_MEMBER_IDS,
+    SS_CONTACTS,
     SS_HISTORY_BACK,
     SS_HISTORY_ON,
     SS_MSG_BY_CLIENT_ID,
@@ -151,6 +152,12 @@ static const char *const store_sqlite_sql[SS__COUNT] = {
     [SS_MEMBER_IDS] =
         "SELECT user_id FROM conversation_members "
         "WHERE conversation_id = ?1 ORDER BY user_id",
+    /* Everyone in a conversation with the user: the user's memberships by
+     * (user_id, conversation_id), then each one's members by the key. */
+    [SS_CONTACTS] =
+        "SELECT DISTINCT o.user_id FROM conversation_members m "
+        "JOIN conversation_members o ON o.conversation_id = m.conversation_id "
+        "WHERE m.user_id = ?1 AND o.user_id <> ?1 ORDER BY o.user_id",
     /* History pages on UNIQUE (conversation_id, seq). Paging back reads
      * newest first and the page is reversed in C; one row past the limit
      * tells whether there is more. */
@@ -1069,6 +1076,38 @@ static int store_sqlite_conv_member_ids(struct store *s, int64_t conv_id,
     return STORE_OK;
 }
 
+static int store_sqlite_user_contacts(struct store *s, int64_t user_id,
+                                      int64_t **ids, size_t *n)
+{
+    struct store_sqlite *ss = store_sqlite_of(s);
+    sqlite3_stmt *st = store_sqlite_stmt(ss, SS_CONTACTS);
+    int64_t *v = NULL;
+    size_t cnt = 0, cap = 0;
+    int rc;
+
+    *ids = NULL;
+    *n = 0;
+    if (st == NULL)
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, user_id);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (cnt == cap) {
+            cap = cap ? cap * 2 : 16;
+            v = xrealloc(v, cap * sizeof *v);
+        }
+        v[cnt++] = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        store_sqlite_fail(ss, "user_contacts");
+        free(v);
+        return STORE_ERR;
+    }
+    *ids = v;
+    *n = cnt;
+    return STORE_OK;
+}
+
 static int store_sqlite_history(struct store *s, int64_t conv_id,
                                 int64_t before_seq, int64_t after_seq,
                                 size_t limit, struct store_msg **out,
@@ -1325,7 +1364,8 @@ static int store_sqlite_read_marker(struct store *s, int64_t user_id,
     if (read_seq != NULL)
         *read_seq = sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
-    return store_sqlite_commit(ss);
+    rc = store_sqlite_commit(ss);
+    return rc == STORE_OK && !moved ? STORE_DUPLICATE : rc;
 fail:
     store_sqlite_rollback(ss);
     return STORE_ERR;
@@ -1558,6 +1598,7 @@ static const struct store_ops store_sqlite_ops = {
     .conv_list = store_sqlite_conv_list,
     .conv_member = store_sqlite_conv_member,
     .conv_member_ids = store_sqlite_conv_member_ids,
+    .user_contacts = store_sqlite_user_contacts,
     .history = store_sqlite_history,
     .send_batch = store_sqlite_send_batch,
     .read_marker = store_sqlite_read_marker,

@@ -1066,6 +1066,31 @@ END_TEST
 
 /* --- read markers --- */
 
+START_TEST(test_contacts_are_everyone_sharing_a_conversation)
+{
+    int64_t a = check_store_user("ka"), b = check_store_user("kb");
+    int64_t c = check_store_user("kc"), d = check_store_user("kd");
+    int64_t e = check_store_user("ke");
+    int64_t bc[2] = { b, c }, *ids = NULL;
+    size_t n = 9;
+
+    check_store_conv(a, &b, 1, NULL, T0);
+    check_store_conv(a, bc, 2, "g", T0);
+    check_store_conv(d, &b, 1, NULL, T0);
+    ck_assert_int_eq(store_user_contacts(st, a, &ids, &n), STORE_OK);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_int_eq(ids[0], b < c ? b : c);
+    ck_assert_int_eq(ids[1], b < c ? c : b);
+    free(ids);
+    ck_assert_int_eq(store_user_contacts(st, b, &ids, &n), STORE_OK);
+    ck_assert_uint_eq(n, 3);            /* a, c and d, each once */
+    free(ids);
+    ck_assert_int_eq(store_user_contacts(st, e, &ids, &n), STORE_OK);
+    ck_assert_uint_eq(n, 0);
+    free(ids);
+}
+END_TEST
+
 START_TEST(test_read_marker_moves_forward_only_and_is_clamped)
 {
     int64_t conv = check_store_ten();
@@ -1079,8 +1104,9 @@ START_TEST(test_read_marker_moves_forward_only_and_is_clamped)
     ck_assert_int_eq(store_read_marker(st, b, conv, 3, T0 + 100, &r),
                      STORE_OK);
     ck_assert_int_eq(r, 3);
+    /* Backwards: stays, and says so. */
     ck_assert_int_eq(store_read_marker(st, b, conv, 2, T0 + 101, &r),
-                     STORE_OK);
+                     STORE_DUPLICATE);
     ck_assert_int_eq(r, 3);
     ck_assert_int_eq(store_read_marker(st, b, conv, 7, T0 + 102, &r),
                      STORE_OK);
@@ -1088,6 +1114,8 @@ START_TEST(test_read_marker_moves_forward_only_and_is_clamped)
     ck_assert_int_eq(store_read_marker(st, b, conv, 1000, T0 + 103, &r),
                      STORE_OK);
     ck_assert_int_eq(r, 10);
+    ck_assert_int_eq(store_read_marker(st, b, conv, 1000, T0 + 104, &r),
+                     STORE_DUPLICATE);
     ck_assert_int_eq(check_store_read_seq(b, conv), 10);
 
     ck_assert_int_eq(store_read_marker(st, c, conv, 1, T0, &r),
@@ -1148,7 +1176,8 @@ START_TEST(test_events_are_recorded_with_their_changes)
                      STORE_OK);
     store_msg_clear(&m);
     ck_assert_int_eq(store_read_marker(st, b, conv, 1, T0 + 5, &r), STORE_OK);
-    ck_assert_int_eq(store_read_marker(st, b, conv, 1, T0 + 6, &r), STORE_OK);
+    ck_assert_int_eq(store_read_marker(st, b, conv, 1, T0 + 6, &r),
+                     STORE_DUPLICATE);
     ck_assert_int_eq(store_event_add(st, "security_test", 0,
                                      "{\"reason\":\"probe\"}", T0 + 7),
                      STORE_OK);
@@ -1303,6 +1332,7 @@ static Suite *check_store_suite(const char *kind)
     tc = tcase_create("read_marker");
     tcase_add_checked_fixture(tc, check_store_setup, check_store_teardown);
     tcase_add_test(tc, test_read_marker_moves_forward_only_and_is_clamped);
+    tcase_add_test(tc, test_contacts_are_everyone_sharing_a_conversation);
     suite_add_tcase(s, tc);
 
     if (strcmp(kind, "sqlite") == 0) {
