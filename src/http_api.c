@@ -19,7 +19,9 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "proto.h"
+#include "ws_chat.h"
 
 #define HTTP_USERS_LIMIT 50
 #define HTTP_HISTORY_DEFAULT 50
@@ -50,7 +52,13 @@ struct http_api {
     struct worker_pool *workers;
     struct worker_pool *store_pool;
     struct http_static statics[3];
+    struct ws_chat *chat;
 };
+
+void http_api_set_chat(struct http_api *api, struct ws_chat *chat)
+{
+    api->chat = chat;
+}
 
 static int http_api_register(struct http_req *r, struct store *s);
 static int http_api_login(struct http_req *r, struct store *s);
@@ -82,6 +90,7 @@ static const struct http_route http_routes[] = {
       "/api/conversations/{id}/read", 1, http_api_read },
     { HTTP_GET, "/health", NULL, "/health", 0, NULL },
     { HTTP_GET, "/ready", NULL, "/ready", 0, http_api_ready },
+    { HTTP_GET, "/metrics", NULL, "/metrics", 0, NULL },
     { HTTP_GET, "/", NULL, "/", 0, NULL },
     { HTTP_GET, "/app.js", NULL, "/app.js", 0, NULL },
     { HTTP_GET, "/app.css", NULL, "/app.css", 0, NULL },
@@ -161,6 +170,9 @@ void http_req_free(struct http_req *r)
     util_buf_free(&r->body);
     free(r->resp);
     store_msg_clear(&r->send.msg);
+    store_conv_clear(&r->conv);
+    free(r->users);
+    free(r->job.members);
     free(r);
 }
 
@@ -239,6 +251,7 @@ static int http_api_register(struct http_req *r, struct store *s)
         snprintf(u.username, sizeof u.username, "%s", name);
         proto_json_user(&b, &u);
         http_req_json(r, 201, &b);
+        metrics_counter_inc(metrics_users_registered);
         log_event(LOG_INFO, "user_registration", r->trace_id,
                   LOG_INT("user_id", id), LOG_STR("username", name),
                   LOG_STR("remote", r->remote), LF_END);
@@ -351,6 +364,7 @@ static int http_api_login(struct http_req *r, struct store *s)
                     "chat_session=%s; Path=/; Max-Age=%d; HttpOnly; "
                     "SameSite=Strict", token, r->api->cfg.session_ttl);
     explicit_bzero(token, sizeof token);
+    metrics_counter_inc(metrics_users_logged_in);
     log_event(LOG_INFO, "user_login", r->trace_id, LOG_INT("user_id", u.id),
               LOG_STR("username", u.username), LOG_INT("session_id", sid),
               LOG_STR("remote", r->remote), LF_END);
@@ -365,6 +379,7 @@ static int http_api_logout(struct http_req *r, struct store *s)
         return WORKER_DONE;
     }
     http_req_empty(r, 204);
+    r->fin = HTTP_FIN_LOGOUT;
     http_req_header(r, "Set-Cookie", "chat_session=; Path=/; Max-Age=0; "
                     "HttpOnly; SameSite=Strict");
     log_event(LOG_INFO, "user_logout", r->trace_id,
@@ -389,7 +404,7 @@ static int http_api_users(struct http_req *r, struct store *s)
     const char *prefix = http_req_arg(r, "prefix");
     struct store_user_brief *users = NULL;
     struct util_buf b = { 0 };
-    size_t n = 0, i, plen;
+    size_t n = 0, plen;
 
     if (prefix == NULL)
         prefix = "";
@@ -407,19 +422,32 @@ static int http_api_users(struct http_req *r, struct store *s)
         http_api_db_error(r, s, "users_by_prefix");
         return WORKER_DONE;
     }
+    /* The answer is built on the service thread, which knows who is
+     * online. */
+    r->users = users;
+    r->nusers = n;
+    r->fin = HTTP_FIN_USERS;
+    r->status = 200;
+    return WORKER_DONE;
+}
+
+static void http_api_users_answer(struct http_api *api, struct http_req *r)
+{
+    struct util_buf b = { 0 };
+    size_t i;
+
     util_buf_puts(&b, "{\"users\":[");
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < r->nusers; i++) {
+        int online = api->chat && ws_chat_is_online(api->chat, r->users[i].id);
         if (i)
             util_buf_puts(&b, ",");
         util_buf_printf(&b, "{\"user_id\":%lld,\"username\":",
-                        (long long)users[i].id);
-        util_buf_json_str(&b, users[i].username);
-        util_buf_puts(&b, ",\"online\":false}");
+                        (long long)r->users[i].id);
+        util_buf_json_str(&b, r->users[i].username);
+        util_buf_printf(&b, ",\"online\":%s}", online ? "true" : "false");
     }
     util_buf_puts(&b, "]}");
-    free(users);
     http_req_json(r, 200, &b);
-    return WORKER_DONE;
 }
 
 /* ---- conversations ------------------------------------------------------ */
@@ -516,13 +544,18 @@ static int http_api_conv_create(struct http_req *r, struct store *s)
     }
     proto_json_conversation(&b, &conv, 0);
     http_req_json(r, created ? 201 : 200, &b);
-    if (created)
+    if (created) {
         log_event(LOG_INFO, "conversation_created", r->trace_id,
                   LOG_INT("conversation_id", conv.id),
                   LOG_INT("user_id", r->session.user_id),
                   LOG_STR("kind", conv.kind), LOG_INT("members", conv.nmembers),
                   LF_END);
-    store_conv_clear(&conv);
+        metrics_counter_inc(metrics_conversations_created);
+        r->conv = conv;                 /* for the sockets of its members */
+        r->fin = HTTP_FIN_CONV;
+    } else {
+        store_conv_clear(&conv);
+    }
     return WORKER_DONE;
 }
 
@@ -696,10 +729,18 @@ static int http_api_read(struct http_req *r, struct store *s)
     if (http_api_check_member(r, s, rc == STORE_DUPLICATE ? STORE_OK : rc))
         return WORKER_DONE;
     http_req_empty(r, 204);
-    log_event(LOG_INFO, "message_read", r->trace_id,
-              LOG_INT("user_id", r->session.user_id),
-              LOG_INT("conversation_id", r->path_id),
-              LOG_INT("seq", read_seq), LF_END);
+    if (rc == STORE_OK) {
+        log_event(LOG_INFO, "message_read", r->trace_id,
+                  LOG_INT("user_id", r->session.user_id),
+                  LOG_INT("conversation_id", r->path_id),
+                  LOG_INT("seq", read_seq), LOG_STR("via", "http"), LF_END);
+        /* The marker moved: the members' sockets hear of it. */
+        if (store_conv_member_ids(s, r->path_id, &r->job.members,
+                                  &r->job.nmembers) == STORE_OK) {
+            r->read_seq = read_seq;
+            r->fin = HTTP_FIN_READ;
+        }
+    }
     return WORKER_DONE;
 }
 
@@ -750,6 +791,28 @@ void http_api_finish(struct http_api *api, struct http_req *r)
 {
     struct util_buf b = { 0 };
 
+    switch (r->fin) {
+    case HTTP_FIN_USERS:
+        http_api_users_answer(api, r);
+        break;
+    case HTTP_FIN_READ:
+        if (api->chat)
+            ws_chat_read_moved(api->chat, r->session.user_id, r->path_id,
+                               r->read_seq, r->job.members, r->job.nmembers,
+                               0);
+        break;
+    case HTTP_FIN_LOGOUT:
+        if (api->chat)
+            ws_chat_logout(api->chat, r->session.user_id,
+                           r->session.session_id);
+        break;
+    case HTTP_FIN_CONV:
+        if (api->chat)
+            ws_chat_conversation_created(api->chat, &r->conv);
+        break;
+    case HTTP_FIN_NONE:
+        break;
+    }
     if (!r->awaiting_send)
         return;
     r->awaiting_send = 0;
@@ -758,13 +821,19 @@ void http_api_finish(struct http_api *api, struct http_req *r)
     case STORE_DUPLICATE:
         proto_json_message(&b, &r->send.msg);
         http_req_json(r, r->send.rc == STORE_OK ? 201 : 200, &b);
-        if (r->send.rc == STORE_OK)
+        if (r->send.rc == STORE_OK) {
             log_event(LOG_INFO, "message_sent", r->trace_id,
                       LOG_INT("message_id", r->send.msg.message_id),
                       LOG_INT("conversation_id", r->send.msg.conversation_id),
                       LOG_INT("seq", r->send.msg.seq),
                       LOG_INT("sender_id", r->send.msg.sender_id),
                       LOG_STR("via", "http"), LF_END);
+            metrics_counter_inc(metrics_messages_created);
+            /* No socket sent it: every session of every member hears. */
+            if (api->chat)
+                ws_chat_message_stored(api->chat, &r->send.msg,
+                                       r->job.members, r->job.nmembers, 0);
+        }
         break;
     case STORE_FORBIDDEN:
         http_req_error(r, 403, "not_a_member",
@@ -909,6 +978,13 @@ int http_api_handle(struct http_api *api, struct http_req *r)
             r->content_type = "application/json";
             r->resp_static = "{\"status\":\"ok\"}";
             r->resp_len = strlen(r->resp_static);
+        } else if (strcmp(t->path, "/metrics") == 0) {
+            /* Counters are atomics and the collector's gauges a ready
+             * snapshot: rendering waits on nothing. */
+            free(r->resp);
+            r->resp = metrics_render(&r->resp_len);
+            r->status = 200;
+            r->content_type = METRICS_CONTENT_TYPE;
         } else {
             http_api_static(api, r);
         }

@@ -58,6 +58,14 @@ struct http_req {
     struct store_session session;
     struct store_send send;
     int awaiting_send;            /* handed to the store thread */
+    /* What the service thread does when the job comes back, beyond
+     * writing the response: fan-out, closing sockets, presence. */
+    enum { HTTP_FIN_NONE = 0, HTTP_FIN_READ, HTTP_FIN_LOGOUT, HTTP_FIN_CONV,
+           HTTP_FIN_USERS } fin;
+    int64_t read_seq;
+    struct store_conv conv;
+    struct store_user_brief *users;
+    size_t nusers;
     char if_none_match[80];       /* for the static client's ETag */
     /* Response. */
     int status;
@@ -104,7 +112,12 @@ const char *http_req_arg(const struct http_req *r, const char *key);
 void http_req_free(struct http_req *r);
 
 /* Service thread: a job of this request came back from a pool; completes
- * the response (a send's answer is built here from its result). */
+ * the response (a send's answer is built here from its result) and tells
+ * the WebSocket side what must reach sockets. */
 void http_api_finish(struct http_api *api, struct http_req *r);
+
+struct ws_chat;
+/* The WebSocket side that HTTP actions reach (may stay unset in tests). */
+void http_api_set_chat(struct http_api *api, struct ws_chat *chat);
 
 #endif

@@ -15,10 +15,12 @@
 #include "config.h"
 #include "http_api.h"
 #include "log.h"
+#include "metrics.h"
 #include "migrate.h"
 #include "server.h"
 #include "store.h"
 #include "worker.h"
+#include "ws_chat.h"
 
 #define MAIN_SEND_BATCH 1024
 
@@ -90,6 +92,7 @@ static int main_serve(const struct config *cfg)
     struct worker_pool *workers, *store_pool;
     struct http_api *api;
     struct http_api_config acfg;
+    struct ws_chat *chat;
     struct sigaction sa;
 
     if (main_check_schema(cfg) != 0)
@@ -121,8 +124,11 @@ static int main_serve(const struct config *cfg)
         worker_sink_free(sink);
         return main_fail("%s%s", err, "");
     }
-    main_server = server_create(cfg, api, sink, err, sizeof err);
+    chat = ws_chat_create(cfg, workers, store_pool, server_notify);
+    http_api_set_chat(api, chat);
+    main_server = server_create(cfg, api, chat, sink, err, sizeof err);
     if (main_server == NULL) {
+        ws_chat_free(chat);
         http_api_free(api);
         worker_pool_stop(store_pool);
         worker_pool_stop(workers);
@@ -155,16 +161,18 @@ static int main_serve(const struct config *cfg)
     /* The pools finish what they hold; then the loop is gone. */
     worker_pool_stop(store_pool);
     worker_pool_stop(workers);
-    server_free(main_server);
-    main_server = NULL;
-    /* Jobs that finished after the loop stopped are freed unanswered. */
+    /* What finished meanwhile is answered while the loop's context still
+     * exists (its sockets are closed with it just after). */
     {
         struct job *j = worker_sink_take(sink), *next;
         for (; j; j = next) {
             next = j->next;
-            http_req_free((struct http_req *)j);
+            j->done(j);
         }
     }
+    server_free(main_server);
+    main_server = NULL;
+    ws_chat_free(chat);
     http_api_free(api);
     worker_sink_free(sink);
     return 0;
@@ -192,6 +200,7 @@ int main(int argc, char **argv)
         return 0;
     }
     config_finish(&cfg, argv[0]);
+    metrics_init(PACKAGE_VERSION);
     log_init(stdout, (enum log_level)cfg.log_level);
     if (cfg.cmd == CONFIG_CMD_MIGRATE)
         rc = main_migrate(&cfg);

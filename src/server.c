@@ -35,7 +35,9 @@
 #include "auth.h"
 #include "http_api.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
+#include "ws_chat.h"
 
 #define SERVER_CHUNK 65536
 #define SERVER_DRAIN_NS (8LL * 1000000000)
@@ -54,6 +56,8 @@ struct server_conn {
 struct server {
     struct lws_context *context;
     struct http_api *api;
+    struct ws_chat *chat;
+    struct lws_protocols protocols[3];
     struct worker_sink *sink;
     const struct config *cfg;
     atomic_int stopping;
@@ -64,6 +68,7 @@ struct server {
 };
 
 static _Atomic(struct lws_context *) server_context;
+static struct server *server_self;    /* the service thread's server */
 static unsigned char server_chunk[LWS_PRE + SERVER_CHUNK];
 
 void server_notify(void *arg)
@@ -104,6 +109,8 @@ static void server_trace_id(struct lws *wsi, char out[72])
     }
     server_new_trace_id(out);
 }
+
+static void server_http_job_done(struct job *j);
 
 static enum http_method server_method(struct lws *wsi)
 {
@@ -202,6 +209,7 @@ static struct http_req *server_req_new(struct server *srv,
     if (lws_hdr_total_length(pc->wsi, WSI_TOKEN_HTTP_IF_NONE_MATCH) > 0)
         lws_hdr_copy(pc->wsi, r->if_none_match, sizeof r->if_none_match,
                      WSI_TOKEN_HTTP_IF_NONE_MATCH);
+    r->job.done = server_http_job_done;
     srv->pending++;
     return r;
 }
@@ -237,6 +245,12 @@ static void server_log_request(struct http_req *r)
     double ms = (double)(util_mono_ns() - r->start_ns) / 1e6;
     static const char *const names[] = { "OTHER", "GET", "POST", "PUT",
                                          "PATCH", "DELETE", "OPTIONS", "HEAD" };
+    const char *route = r->route_name ? r->route_name : "other";
+
+    metrics_observe_http(names[r->method], route, r->status, ms / 1000.0);
+    if (r->status >= 400)
+        metrics_counter_inc(metrics_child(metrics_errors, (const char *[]){
+            r->error_code ? r->error_code : "http_error", route }));
 
     log_event(LOG_INFO, "api_request", r->trace_id,
               LOG_STR("method", names[r->method]),
@@ -353,9 +367,11 @@ static int server_writeable(struct server *srv, struct server_conn *pc)
     return 0;
 }
 
-/* A job came back from a pool: answer its request, if anyone still waits. */
-static void server_job_done(struct server *srv, struct job *j)
+/* An HTTP job came back from a pool: answer its request, if anyone still
+ * waits. */
+static void server_http_job_done(struct job *j)
 {
+    struct server *srv = server_self;
     struct http_req *r = (struct http_req *)j;
     struct server_conn *pc = r->conn;
 
@@ -369,14 +385,18 @@ static void server_job_done(struct server *srv, struct job *j)
     server_respond(pc);
 }
 
+/* Answers every finished job (HTTP or WebSocket: each knows its done
+ * callback), then delivers what the bus holds. */
 static void server_drain_sink(struct server *srv)
 {
     struct job *j = worker_sink_take(srv->sink), *next;
 
     for (; j; j = next) {
         next = j->next;
-        server_job_done(srv, j);
+        j->done(j);
     }
+    if (srv->chat)
+        ws_chat_poll(srv->chat);
 }
 
 static int server_http_begin(struct server *srv, struct server_conn *pc,
@@ -453,6 +473,12 @@ static int server_http_cb(struct lws *wsi, enum lws_callback_reasons reason,
     struct server *srv = lws_context_user(lws_get_context(wsi));
     struct server_conn *pc = user;
 
+    /* A WebSocket upgrade that did not ask for chat.v1 lands here, on the
+     * default protocol: refuse it. */
+    if (reason == LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION) {
+        lws_return_http_status(wsi, 400, "use the chat.v1 subprotocol");
+        return 1;
+    }
     /* lws may refuse a malformed request (and close it) before any
      * per-connection state exists: then there is nothing of ours. */
     if (pc == NULL && reason != LWS_CALLBACK_EVENT_WAIT_CANCELLED)
@@ -483,10 +509,6 @@ static int server_http_cb(struct lws *wsi, enum lws_callback_reasons reason,
     return lws_callback_http_dummy(wsi, reason, user, in, len);
 }
 
-static const struct lws_protocols server_protocols[] = {
-    { "http", server_http_cb, sizeof(struct server_conn), 0, 0, NULL, 0 },
-    { NULL, NULL, 0, 0, 0, NULL, 0 },
-};
 
 /* lws's own log lines become structured events. */
 static void server_lws_log(int level, const char *line)
@@ -544,8 +566,8 @@ static int server_probe_listen(const char *host, int port, char *err,
 }
 
 struct server *server_create(const struct config *cfg, struct http_api *api,
-                             struct worker_sink *sink, char *err,
-                             size_t errlen)
+                             struct ws_chat *chat, struct worker_sink *sink,
+                             char *err, size_t errlen)
 {
     struct lws_context_creation_info info;
     struct server *srv;
@@ -556,13 +578,20 @@ struct server *server_create(const struct config *cfg, struct http_api *api,
     srv = xcalloc(1, sizeof *srv);
     srv->cfg = cfg;
     srv->api = api;
+    srv->chat = chat;
     srv->sink = sink;
+    srv->protocols[0].name = "http";
+    srv->protocols[0].callback = server_http_cb;
+    srv->protocols[0].per_session_data_size = sizeof(struct server_conn);
+    if (chat)
+        ws_chat_protocol(chat, &srv->protocols[1]);
+    server_self = srv;
     lws_set_log_level(LLL_ERR | LLL_WARN, server_lws_log);
 
     memset(&info, 0, sizeof info);
     info.port = cfg->listen_port;
     info.iface = cfg->listen_host;
-    info.protocols = server_protocols;
+    info.protocols = srv->protocols;
     info.user = srv;
     info.max_http_header_data = 8192;
     info.keepalive_timeout = 30;
@@ -592,19 +621,36 @@ static void server_drain_tick(lws_sorted_usec_list_t *sul)
                      50 * LWS_US_PER_MS);
 }
 
+/* Stopping, in order: new requests and sockets are refused; what is in
+ * flight (HTTP requests, WebSocket sends) is answered; then every socket
+ * is closed with 1001 and the loop runs until they are gone. Bounded by
+ * SERVER_DRAIN_NS in all. */
 int server_run(struct server *srv)
 {
+    int closing_sockets = 0;
+
     while (lws_service(srv->context, 0) >= 0) {
+        int64_t now;
+
         if (!atomic_load(&srv->stopping))
             continue;
+        now = util_mono_ns();
         if (srv->stop_ns == 0) {
-            srv->stop_ns = util_mono_ns();
+            srv->stop_ns = now;
             server_drain_tick(&srv->sul_drain);
+            if (srv->chat)
+                ws_chat_stop_accepting(srv->chat);
         }
-        /* Answer what is in flight, for a bounded time. */
         server_drain_sink(srv);
-        if (srv->pending == 0 ||
-            util_mono_ns() - srv->stop_ns > SERVER_DRAIN_NS)
+        if (now - srv->stop_ns > SERVER_DRAIN_NS)
+            break;
+        if (srv->pending > 0 || (srv->chat && ws_chat_inflight(srv->chat)))
+            continue;
+        if (srv->chat && !closing_sockets) {
+            ws_chat_close_all(srv->chat, 1001, "server shutting down");
+            closing_sockets = 1;
+        }
+        if (srv->chat == NULL || ws_chat_connections(srv->chat) == 0)
             break;
     }
     return 0;

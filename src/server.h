@@ -19,9 +19,10 @@
 struct server;
 
 /* Binds the listening socket. NULL with a one-line reason in err. */
+struct ws_chat;
 struct server *server_create(const struct config *cfg, struct http_api *api,
-                             struct worker_sink *sink, char *err,
-                             size_t errlen);
+                             struct ws_chat *chat, struct worker_sink *sink,
+                             char *err, size_t errlen);
 /* Serves until server_stop(); then answers what is in flight (bounded)
  * and returns 0. */
 int server_run(struct server *srv);

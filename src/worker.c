@@ -13,7 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hmap.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 struct worker_sink {
@@ -232,11 +234,52 @@ struct worker_pool *worker_pool_start(const char *name, const char *db_url,
     return p;
 }
 
+/* The store thread's cache of conversation members: conversation id ->
+ * { count, ids... }. Members never change once a conversation exists. */
+static __thread struct hmap worker_members;
+#define WORKER_MEMBERS_MAX 100000
+
+static void worker_members_clear(void)
+{
+    size_t i = 0;
+    uint64_t k;
+    void *v;
+
+    while (hmap_next(&worker_members, &i, &k, &v))
+        free(v);
+    hmap_free(&worker_members);
+}
+
+/* Sets j->members for a newly stored message. */
+static void worker_fill_members(struct job *j, struct store *s)
+{
+    int64_t conv = j->send->msg.conversation_id, *ids = NULL, *cached;
+    size_t n = 0;
+
+    cached = hmap_get(&worker_members, (uint64_t)conv);
+    if (cached == NULL) {
+        if (store_conv_member_ids(s, conv, &ids, &n) != STORE_OK)
+            return;             /* no fan-out; the message is stored */
+        if (worker_members.len >= WORKER_MEMBERS_MAX)
+            worker_members_clear();
+        cached = xmalloc((n + 1) * sizeof *cached);
+        cached[0] = (int64_t)n;
+        memcpy(cached + 1, ids, n * sizeof *ids);
+        hmap_put(&worker_members, (uint64_t)conv, cached);
+        free(ids);
+    }
+    j->nmembers = (size_t)cached[0];
+    j->members = xmalloc((j->nmembers + 1) * sizeof *j->members);
+    memcpy(j->members, cached + 1, j->nmembers * sizeof *j->members);
+}
+
 void worker_batch_sends(struct job **jobs, size_t n, struct store *s)
 {
     struct store_send *sends = xcalloc(n, sizeof *sends);
     size_t i;
     int rc;
+
+    metrics_histogram_observe(metrics_store_batch_size, (double)n);
 
     for (i = 0; i < n; i++)
         sends[i] = *jobs[i]->send;
@@ -247,6 +290,8 @@ void worker_batch_sends(struct job **jobs, size_t n, struct store *s)
             sends[i].rc = STORE_ERR;
         }
         *jobs[i]->send = sends[i];
+        if (sends[i].rc == STORE_OK)
+            worker_fill_members(jobs[i], s);
     }
     if (rc == STORE_ERR)
         log_event(LOG_ERROR, "database_error", jobs[0]->trace_id,

@@ -44,6 +44,9 @@ struct job {
     job_run_cb run;          /* NULL in a batch pool */
     job_done_cb done;        /* called by whoever drains the sink */
     struct store_send *send; /* the send, for the store thread's batches */
+    int64_t *members;        /* set by the store thread for a new message:
+                                its conversation's members (owned) */
+    size_t nmembers;
     const char *op;          /* operation name for slow-query logs */
     char trace_id[72];       /* the request's trace id, for logs */
     int64_t queued_ns;       /* when submitted (monotonic) */
@@ -68,7 +71,9 @@ int worker_submit(struct worker_pool *p, struct job *j);
 size_t worker_queue_depth(struct worker_pool *p);
 /* The store thread's batch callback: stores every job's send in one
  * transaction (store_send_batch); when the transaction fails each send's
- * rc is STORE_ERR and nothing of the batch is stored. */
+ * rc is STORE_ERR and nothing of the batch is stored. For each new message
+ * it also sets job->members (conversations' members never change, so the
+ * thread keeps them in a cache). */
 void worker_batch_sends(struct job **jobs, size_t n, struct store *s);
 
 /* Runs what is queued, then stops and joins the threads. Jobs finished

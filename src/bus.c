@@ -1,0 +1,55 @@
+/*
+ * bus.c - the bus wrappers and event helpers. See bus.h.
+ */
+#include "bus.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+struct bus_event *bus_event_new(enum bus_kind kind, const int64_t *targets,
+                                size_t ntargets, const char *frame,
+                                size_t len)
+{
+    struct bus_event *ev = xcalloc(1, sizeof *ev);
+
+    ev->kind = kind;
+    ev->ntargets = ntargets;
+    ev->targets = xmalloc((ntargets ? ntargets : 1) * sizeof *ev->targets);
+    if (ntargets)
+        memcpy(ev->targets, targets, ntargets * sizeof *targets);
+    ev->frame = xstrndup(frame, len);
+    ev->len = len;
+    return ev;
+}
+
+void bus_event_free(struct bus_event *ev)
+{
+    if (ev == NULL)
+        return;
+    free(ev->targets);
+    free(ev->frame);
+    free(ev);
+}
+
+int bus_publish(struct bus *b, struct bus_event *ev)
+{
+    return b->ops->publish(b, ev);
+}
+
+size_t bus_poll(struct bus *b)
+{
+    return b->ops->poll(b);
+}
+
+void bus_close(struct bus *b)
+{
+    if (b)
+        b->ops->close(b);
+}
+
+const char *bus_name(const struct bus *b)
+{
+    return b->ops->name;
+}

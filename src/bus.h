@@ -1,0 +1,76 @@
+/*
+ * bus.h - how events reach the sessions they are for: `message`, `read`,
+ * `typing` and `presence` frames addressed to users. Two backends behind
+ * one vtable: bus_local.c (in-process, one node) and, for many nodes,
+ * bus_redis.c (Redis PUBLISH/SUBSCRIBE).
+ *
+ * A publish never delivers from inside publish(): events are queued and
+ * delivered on a later loop turn by bus_poll(), so both backends behave
+ * alike (as hiredis's REDIS_IN_CALLBACK rule). Delivery hands each event to
+ * the deliver callback given at creation, which finds the local sessions.
+ *
+ * Threads: bus_publish() and bus_poll() run on the service thread. A
+ * backend that receives on another thread queues under its own lock and
+ * calls the wake callback (lws_cancel_service).
+ */
+#ifndef CHATD_BUS_H
+#define CHATD_BUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define BUS_ERRLEN 256
+
+enum bus_kind { BUS_MESSAGE = 1, BUS_READ, BUS_TYPING, BUS_PRESENCE };
+
+/* One event for a set of users. Owned by the bus once published; the
+ * deliver callback borrows it for the duration of the call. */
+struct bus_event {
+    struct bus_event *next;
+    enum bus_kind kind;
+    int64_t *targets;            /* user ids (owned) */
+    size_t ntargets;
+    int64_t except_user;         /* none of this user's sessions (0: none) */
+    uint64_t except_conn;        /* not this socket (0: none) */
+    char *frame;                 /* the JSON text frame (owned) */
+    size_t len;
+};
+
+struct bus;
+typedef void (*bus_deliver_cb)(void *arg, const struct bus_event *ev);
+typedef void (*bus_wake_cb)(void *arg);
+
+struct bus_ops {
+    const char *name;
+    int (*publish)(struct bus *b, struct bus_event *ev);
+    /* Delivers what has arrived; returns how many events. */
+    size_t (*poll)(struct bus *b);
+    void (*close)(struct bus *b);
+};
+
+struct bus {
+    const struct bus_ops *ops;
+    bus_deliver_cb deliver;
+    void *arg;
+    bus_wake_cb wake;
+    void *wake_arg;
+    char errstr[BUS_ERRLEN];
+};
+
+/* The in-process bus. */
+struct bus *bus_local_create(bus_deliver_cb deliver, void *arg,
+                             bus_wake_cb wake, void *wake_arg);
+
+/* Builds an event (copies targets and frame). */
+struct bus_event *bus_event_new(enum bus_kind kind, const int64_t *targets,
+                                size_t ntargets, const char *frame,
+                                size_t len);
+void bus_event_free(struct bus_event *ev);
+
+/* Takes ownership of ev. 0, or -1 (the event is dropped and freed). */
+int bus_publish(struct bus *b, struct bus_event *ev);
+size_t bus_poll(struct bus *b);
+void bus_close(struct bus *b);          /* bus_close(NULL) does nothing */
+const char *bus_name(const struct bus *b);
+
+#endif
