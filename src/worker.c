@@ -128,6 +128,8 @@ static void worker_log_slow(struct worker_pool *p, const struct job *j,
               LOG_INT("batch", n), LF_END);
 }
 
+static void worker_members_clear(void);
+
 struct worker_thread_arg {
     struct worker_pool *pool;
     struct store *store;
@@ -184,6 +186,7 @@ static void *worker_thread_main(void *arg)
         }
     }
     free(batch);
+    worker_members_clear();
     return NULL;
 }
 

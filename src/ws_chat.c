@@ -1170,6 +1170,7 @@ static int ws_receive(struct ws_chat *wc, struct ws_conn *c, void *in,
 static int ws_writeable(struct ws_chat *wc, struct ws_conn *c)
 {
     struct ws_frame *f;
+    size_t len;
     int n;
 
     if (c->state == WS_CLOSING && c->close_code) {
@@ -1184,10 +1185,11 @@ static int ws_writeable(struct ws_chat *wc, struct ws_conn *c)
     c->qhead = (c->qhead + 1) % c->qcap;
     c->qlen--;
     c->qbytes -= f->len;
-    n = lws_write(c->wsi, f->data + LWS_PRE, f->len, LWS_WRITE_TEXT);
+    len = f->len;
+    /* lws keeps what the socket did not take and writes it before the next
+     * WRITEABLE, so a short count is not an error; a negative one is. */
+    n = lws_write(c->wsi, f->data + LWS_PRE, len, LWS_WRITE_TEXT);
     ws_frame_unref(f);
-    if (n < (int)f->len && n >= 0)
-        return -1;                /* lws buffers partial writes itself */
     if (n < 0)
         return -1;
     if (c->qlen)
