@@ -36,6 +36,7 @@ struct http_route {
     const char *name;             /* template for logs and metrics */
     int auth;                     /* needs a session */
     http_handler_cb handler;      /* NULL: answered on the service thread */
+    const char *op;               /* the operation, for database metrics */
 };
 
 struct http_static {
@@ -73,27 +74,31 @@ static int http_api_read(struct http_req *r, struct store *s);
 static int http_api_ready(struct http_req *r, struct store *s);
 
 static const struct http_route http_routes[] = {
-    { HTTP_POST, "/api/register", NULL, "/api/register", 0, http_api_register },
-    { HTTP_POST, "/api/login", NULL, "/api/login", 0, http_api_login },
-    { HTTP_POST, "/api/logout", NULL, "/api/logout", 1, http_api_logout },
-    { HTTP_GET, "/api/me", NULL, "/api/me", 1, http_api_me },
-    { HTTP_GET, "/api/users", NULL, "/api/users", 1, http_api_users },
+    { HTTP_POST, "/api/register", NULL, "/api/register", 0,
+      http_api_register, "register" },
+    { HTTP_POST, "/api/login", NULL, "/api/login", 0, http_api_login,
+      "login" },
+    { HTTP_POST, "/api/logout", NULL, "/api/logout", 1, http_api_logout,
+      "logout" },
+    { HTTP_GET, "/api/me", NULL, "/api/me", 1, http_api_me, "me" },
+    { HTTP_GET, "/api/users", NULL, "/api/users", 1, http_api_users,
+      "users_by_prefix" },
     { HTTP_POST, "/api/conversations", NULL, "/api/conversations", 1,
-      http_api_conv_create },
+      http_api_conv_create, "conv_create" },
     { HTTP_GET, "/api/conversations", NULL, "/api/conversations", 1,
-      http_api_conv_list },
+      http_api_conv_list, "conv_list" },
     { HTTP_GET, "/api/conversations/", "/messages",
-      "/api/conversations/{id}/messages", 1, http_api_history },
+      "/api/conversations/{id}/messages", 1, http_api_history, "history" },
     { HTTP_POST, "/api/conversations/", "/messages",
-      "/api/conversations/{id}/messages", 1, http_api_send },
+      "/api/conversations/{id}/messages", 1, http_api_send, "send_auth" },
     { HTTP_POST, "/api/conversations/", "/read",
-      "/api/conversations/{id}/read", 1, http_api_read },
-    { HTTP_GET, "/health", NULL, "/health", 0, NULL },
-    { HTTP_GET, "/ready", NULL, "/ready", 0, http_api_ready },
-    { HTTP_GET, "/metrics", NULL, "/metrics", 0, NULL },
-    { HTTP_GET, "/", NULL, "/", 0, NULL },
-    { HTTP_GET, "/app.js", NULL, "/app.js", 0, NULL },
-    { HTTP_GET, "/app.css", NULL, "/app.css", 0, NULL },
+      "/api/conversations/{id}/read", 1, http_api_read, "read_marker" },
+    { HTTP_GET, "/health", NULL, "/health", 0, NULL, NULL },
+    { HTTP_GET, "/ready", NULL, "/ready", 0, http_api_ready, "ping" },
+    { HTTP_GET, "/metrics", NULL, "/metrics", 0, NULL, NULL },
+    { HTTP_GET, "/", NULL, "/", 0, NULL, NULL },
+    { HTTP_GET, "/app.js", NULL, "/app.js", 0, NULL, NULL },
+    { HTTP_GET, "/app.css", NULL, "/app.css", 0, NULL, NULL },
 };
 #define HTTP_NROUTES (sizeof http_routes / sizeof http_routes[0])
 
@@ -997,7 +1002,7 @@ int http_api_handle(struct http_api *api, struct http_req *r)
         return 1;
     }
     r->job.run = http_api_run;
-    r->job.op = t->name;
+    r->job.op = t->op;
     snprintf(r->job.trace_id, sizeof r->job.trace_id, "%s", r->trace_id);
     if (worker_submit(api->workers, &r->job) != 0) {
         http_req_error(r, 503, "busy", "the server is busy; try again");

@@ -17,6 +17,7 @@
  * main thread.
  */
 #include "log.h"
+#include "metrics.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -147,6 +148,7 @@ void log_event(enum log_level level, const char *event_type,
     }
     if (log_count == LOG_QUEUE_LINES) {
         pthread_mutex_unlock(&log_lock);
+        metrics_counter_inc(metrics_log_lines_dropped);
         atomic_fetch_add_explicit(&log_dropped_lines, 1,
                                   memory_order_relaxed);
         util_buf_free(&b);

@@ -94,6 +94,7 @@ enum store_pg_sid {
     SP_MEMBERS_OF_USER,
     SP_CONV_MEMBER,
     SP_MEMBER_IDS,
+    SP_CONTACTS,
     SP_HISTORY_BACK,
     SP_HISTORY_ON,
     SP_SEND_LOOKUP,
@@ -213,6 +214,14 @@ static const char *const store_pg_sql[SP__COUNT] = {
     [SP_MEMBER_IDS] =
         "SELECT user_id FROM conversation_members "
         "WHERE conversation_id = $1::bigint ORDER BY user_id",
+    /* Everyone in a conversation with the user: the user's memberships by
+     * conversation_members_user, then each one's members by the key. */
+    [SP_CONTACTS] =
+        "SELECT DISTINCT o.user_id FROM conversation_members m "
+        "JOIN conversation_members o "
+        "ON o.conversation_id = m.conversation_id "
+        "WHERE m.user_id = $1::bigint AND o.user_id <> $1::bigint "
+        "ORDER BY o.user_id",
     /* History pages on UNIQUE (conversation_id, seq). Paging back reads
      * newest first and the page is reversed in C; one row past the limit
      * tells whether there is more. */
@@ -383,7 +392,7 @@ static void store_pg_p_null(struct store_pg_params *p)
 static void store_pg_p_bytes(struct store_pg_params *p, const void *b,
                              int len)
 {
-    p->val[p->n] = b;
+    p->val[p->n] = (const char *)b;
     p->len[p->n] = len;
     p->fmt[p->n] = 1;
     p->n++;
@@ -606,6 +615,17 @@ static void store_pg_check_fsync(PGconn *conn)
     PQclear(res);
 }
 
+/* Server notices (a DROP ... IF EXISTS that found nothing, say) would go
+ * to stderr by default; they are only worth a debug line. */
+static void store_pg_notice(void *arg, const char *message)
+{
+    char clean[STORE_ERRLEN];
+
+    store_pg_clean(message, clean, sizeof clean);
+    log_event(LOG_DEBUG, "database_notice", NULL,
+              LOG_STR("message", clean), LF_END);
+}
+
 /* Opens a connection with chatd's session settings. Returns NULL with a
  * one-line reason (no password in it) in err. */
 static PGconn *store_pg_connect(const char *conninfo, char *err,
@@ -635,6 +655,7 @@ static PGconn *store_pg_connect(const char *conninfo, char *err,
         PQfinish(conn);
         return NULL;
     }
+    PQsetNoticeProcessor(conn, store_pg_notice, NULL);
     res = PQexec(conn, STORE_PG_SESSION_SQL);
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
         store_pg_clean(PQresultErrorMessage(res), err, errlen);
@@ -1123,9 +1144,9 @@ static int store_pg_users_by_names(struct store *s, const char *const *names,
     if (res == NULL)
         return STORE_ERR;
     if ((size_t)PQntuples(res) != n) {
-        PQclear(res);
         store_set_error(s, "users_by_names: %zu names, %d rows", n,
                         PQntuples(res));
+        PQclear(res);
         return STORE_ERR;
     }
     for (i = 0; i < n; i++) {
@@ -1491,9 +1512,10 @@ static int store_pg_conv_member(struct store *s, int64_t conv_id,
 
     store_pg_p_int(&p, conv_id);
     store_pg_p_int(&p, user_id);
+    /* Retried on a new connection only outside a transaction. */
     res = store_pg_run(sp, SP_CONV_MEMBER, &p, "conv_member",
-                       PQtransactionStatus(sp->conn ? sp->conn : NULL) ==
-                           PQTRANS_IDLE);
+                       sp->conn == NULL ||
+                           PQtransactionStatus(sp->conn) == PQTRANS_IDLE);
     if (res == NULL)
         return STORE_ERR;
     if (PQntuples(res) == 0) {
@@ -1527,6 +1549,35 @@ static int store_pg_conv_member_ids(struct store *s, int64_t conv_id,
     if (cnt == 0) {
         PQclear(res);
         return STORE_NOTFOUND;
+    }
+    v = xcalloc(cnt, sizeof *v);
+    for (i = 0; i < cnt; i++)
+        v[i] = store_pg_int(res, (int)i, 0);
+    PQclear(res);
+    *ids = v;
+    *n = cnt;
+    return STORE_OK;
+}
+
+static int store_pg_user_contacts(struct store *s, int64_t user_id,
+                                  int64_t **ids, size_t *n)
+{
+    struct store_pg *sp = store_pg_of(s);
+    struct store_pg_params p = { 0 };
+    PGresult *res;
+    size_t cnt, i;
+    int64_t *v;
+
+    *ids = NULL;
+    *n = 0;
+    store_pg_p_int(&p, user_id);
+    res = store_pg_run(sp, SP_CONTACTS, &p, "user_contacts", 1);
+    if (res == NULL)
+        return STORE_ERR;
+    cnt = (size_t)PQntuples(res);
+    if (cnt == 0) {
+        PQclear(res);
+        return STORE_OK;
     }
     v = xcalloc(cnt, sizeof *v);
     for (i = 0; i < cnt; i++)
@@ -1589,16 +1640,21 @@ struct store_pg_slot {
                                that stores the same (sender, cid); -1 */
 };
 
-/* Finds, for every send with a valid cid, an earlier send of the batch
- * with the same sender and client_msg_id (a retry inside the batch) by
- * sorting indexes; O(n log n). */
-static const struct store_send *store_pg_sort_base;
-
-static int store_pg_key_cmp(const void *a, const void *b)
+/* Whether two sends carry the same (sender, client_msg_id). */
+static int store_pg_same_key(const struct store_send *x,
+                             const struct store_send *y)
 {
-    const struct store_send *x = &store_pg_sort_base[*(const size_t *)a];
-    const struct store_send *y = &store_pg_sort_base[*(const size_t *)b];
+    return x->sender_id == y->sender_id &&
+           strcmp(x->client_msg_id, y->client_msg_id) == 0;
+}
+
+/* Orders send indexes by (sender, client_msg_id, index), so the retries
+ * inside a batch sit together in batch order; arg is the sends. */
+static int store_pg_key_cmp(const void *a, const void *b, void *arg)
+{
+    const struct store_send *sends = arg;
     size_t i = *(const size_t *)a, j = *(const size_t *)b;
+    const struct store_send *x = &sends[i], *y = &sends[j];
     int c;
 
     if (x->sender_id != y->sender_id)
@@ -1607,6 +1663,41 @@ static int store_pg_key_cmp(const void *a, const void *b)
     if (c != 0)
         return c;
     return (i > j) - (i < j);
+}
+
+/* A retry inside the batch: the first send of a key that is to be
+ * stored wins, and every later send of that key is its duplicate (as if
+ * the sends were stored one by one). slot[].first names the winner; the
+ * message is copied once it is stored. A key stored before the batch
+ * made every send of it a duplicate already, so it has no winner. */
+static void store_pg_batch_retries(struct store_send *sends, size_t n,
+                                   struct store_pg_slot *slot,
+                                   const size_t *order, size_t nkeyed)
+{
+    size_t g = 0, e, k;
+
+    for (k = 0; k < n; k++)
+        slot[k].first = -1;
+    while (g < nkeyed) {
+        int winner = -1;
+
+        for (e = g + 1; e < nkeyed &&
+             store_pg_same_key(&sends[order[g]], &sends[order[e]]);
+             e++)
+            ;
+        for (k = g; k < e; k++) {
+            size_t j = order[k];
+
+            if (winner >= 0) {
+                store_msg_clear(&sends[j].msg);
+                sends[j].rc = STORE_DUPLICATE;
+                slot[j].first = winner;
+            } else if (sends[j].rc == STORE_OK) {
+                winner = (int)j;
+            }
+        }
+        g = e;
+    }
 }
 
 static void store_pg_sends_reset(struct store_send *sends, size_t n, int rc)
@@ -1636,10 +1727,8 @@ static int store_pg_send_lookup(struct store_pg *sp, struct store_send *sends,
         store_pg_arr_int(&senders, sends[i].sender_id, i == 0);
         /* An invalid id looks nothing up (and is not sent to a server
          * that would refuse its bytes). */
-        store_pg_arr_text(&cids, slot[i].valid || slot[i].cid_len
-                                     ? (slot[i].cid_len ? sends[i].client_msg_id
-                                                        : NULL)
-                                     : NULL,
+        store_pg_arr_text(&cids, slot[i].cid_len ? sends[i].client_msg_id
+                                                 : NULL,
                           slot[i].cid_len, i == 0);
     }
     store_pg_arr_end(&convs, 0);
@@ -1702,7 +1791,7 @@ static int store_pg_bump_cmp(const void *a, const void *b)
  * committed meanwhile by another node, a deadlock). */
 static int store_pg_send_once(struct store_pg *sp, struct store_send *sends,
                               size_t n, struct store_pg_slot *slot,
-                              const size_t *order)
+                              const size_t *order, size_t nkeyed)
 {
     struct util_buf a[6] = { { 0 } };
     struct store_pg_params p = { 0 };
@@ -1711,45 +1800,15 @@ static int store_pg_send_once(struct store_pg *sp, struct store_send *sends,
     PGresult *res = NULL;
     int r, rc = STORE_ERR;
 
-    for (i = 0; i < n; i++) {
-        memset(&sends[i].msg, 0, sizeof sends[i].msg);
-        sends[i].rc = STORE_ERR;
-    }
+    /* A run before this one may have left duplicates filled in. */
+    store_pg_sends_reset(sends, n, STORE_ERR);
+    for (i = 0; i < n; i++)
+        slot[i].first = -1;
     if (store_pg_begin(sp) != STORE_OK)
         return STORE_ERR;
     if (store_pg_send_lookup(sp, sends, n, slot) != STORE_OK)
         goto out;
-
-    /* A retry inside the batch: the first send with the key that will be
-     * stored wins, the later ones are its duplicates (filled after the
-     * insert). order[] groups equal keys, in batch order. */
-    for (i = 0; i < n; i++)
-        slot[i].first = -1;
-    for (k = 0; k < n; k++) {
-        size_t w = order[k];
-        int winner = -1;
-
-        if (w == SIZE_MAX)
-            continue;
-        for (; k < n && order[k] != SIZE_MAX &&
-               sends[order[k]].sender_id == sends[w].sender_id &&
-               strcmp(sends[order[k]].client_msg_id,
-                      sends[w].client_msg_id) == 0;
-             k++) {
-            size_t j = order[k];
-
-            if (sends[j].rc == STORE_DUPLICATE)
-                break;          /* stored before: each finds it itself */
-            if (winner >= 0) {
-                slot[j].first = winner;
-                store_msg_clear(&sends[j].msg);
-                sends[j].rc = STORE_DUPLICATE;
-            } else if (sends[j].rc == STORE_OK) {
-                winner = (int)j;
-            }
-        }
-        k--;
-    }
+    store_pg_batch_retries(sends, n, slot, order, nkeyed);
 
     /* Step 2: count the new sends of each conversation, bump once. */
     bumps = xcalloc(n, sizeof *bumps);
@@ -1936,15 +1995,11 @@ static int store_pg_send_batch(struct store *s, struct store_send *sends,
         if (cid_ok)
             order[nkeyed++] = i;
     }
-    store_pg_sort_base = sends;
-    qsort(order, nkeyed, sizeof *order, store_pg_key_cmp);
-    store_pg_sort_base = NULL;
-    for (i = nkeyed; i < n; i++)
-        order[i] = SIZE_MAX;
+    qsort_r(order, nkeyed, sizeof *order, store_pg_key_cmp, sends);
 
     for (tries = 0; rc == STORE_CONFLICT && tries < STORE_PG_SEND_TRIES;
          tries++)
-        rc = store_pg_send_once(sp, sends, n, slot, order);
+        rc = store_pg_send_once(sp, sends, n, slot, order, nkeyed);
     free(slot);
     free(order);
     if (rc != STORE_OK) {
@@ -2005,7 +2060,9 @@ static int store_pg_read_marker(struct store *s, int64_t user_id,
             *read_seq = store_pg_int(res, 0, 0);
         PQclear(res);
     }
-    return store_pg_commit(sp);
+    if (store_pg_commit(sp) != STORE_OK)
+        return STORE_ERR;
+    return moved ? STORE_OK : STORE_DUPLICATE;
 fail:
     store_pg_rollback(sp);
     return STORE_ERR;
@@ -2019,6 +2076,8 @@ static int store_pg_event_add(struct store *s, const char *type,
 }
 
 /* ---- migrations -------------------------------------------------------- */
+
+static void store_pg_mig_end(struct store *s);
 
 /* Takes the migration lock, waiting for another migrator to finish (the
  * session's timeouts are lifted until mig_end, since a migration may
@@ -2047,7 +2106,8 @@ static int store_pg_mig_begin(struct store *s)
         goto fail;
     return STORE_OK;
 fail:
-    store_pg_do(sp, SP_MIG_UNLOCK, NULL, "migration lock");
+    /* migrate.c calls mig_end only after a mig_begin that succeeded. */
+    store_pg_mig_end(s);
     return STORE_ERR;
 }
 
@@ -2359,10 +2419,9 @@ static void store_pg_mig_end(struct store *s)
     memcpy(err, s->errstr, sizeof err);
     store_pg_rollback(sp);
     if (sp->conn != NULL && PQstatus(sp->conn) == CONNECTION_OK) {
-        res = PQexec(sp->conn, "SELECT pg_advisory_unlock_all()");
+        res = store_pg_run(sp, SP_MIG_UNLOCK, NULL, "migration lock", 0);
         PQclear(res);
-        res = PQexec(sp->conn, STORE_PG_SERVE_SQL);
-        PQclear(res);
+        store_pg_cmd(sp, STORE_PG_SERVE_SQL, "session", 0);
     }
     memcpy(s->errstr, err, sizeof err);
 }
@@ -2383,6 +2442,7 @@ static const struct store_ops store_pg_ops = {
     .conv_list = store_pg_conv_list,
     .conv_member = store_pg_conv_member,
     .conv_member_ids = store_pg_conv_member_ids,
+    .user_contacts = store_pg_user_contacts,
     .history = store_pg_history,
     .send_batch = store_pg_send_batch,
     .read_marker = store_pg_read_marker,

@@ -99,6 +99,8 @@ int worker_submit(struct worker_pool *p, struct job *j)
             p->head = j;
         p->tail = j;
         p->depth++;
+        if (p->batch)
+            metrics_gauge_set(metrics_store_queue_depth, (double)p->depth);
         rc = 0;
         pthread_cond_signal(&p->cond);
     }
@@ -116,9 +118,18 @@ size_t worker_queue_depth(struct worker_pool *p)
     return d;
 }
 
+/* Counts the work as database queries by operation, and logs it when it
+ * was slow. */
 static void worker_log_slow(struct worker_pool *p, const struct job *j,
                             int64_t ns, size_t n)
 {
+    const char *op = j->op ? j->op : "unknown";
+
+    metrics_counter_add(metrics_child(metrics_db_queries,
+                                      (const char *[]){ op }), n);
+    metrics_histogram_observe(metrics_child(metrics_db_query_duration,
+                                            (const char *[]){ op }),
+                              (double)ns / 1e9);
     if (ns / 1000000 < p->slow_query_ms)
         return;
     log_event(LOG_WARN, "database_query", j->trace_id[0] ? j->trace_id : NULL,
@@ -167,6 +178,8 @@ static void *worker_thread_main(void *arg)
         if (p->head == NULL)
             p->tail = NULL;
         p->depth -= n;
+        if (p->batch)
+            metrics_gauge_set(metrics_store_queue_depth, (double)p->depth);
         pthread_mutex_unlock(&p->lock);
         last->next = NULL;
 
@@ -224,6 +237,7 @@ struct worker_pool *worker_pool_start(const char *name, const char *db_url,
             return NULL;
         }
     }
+    metrics_gauge_add(metrics_db_connections_active, nthreads);
     for (i = 0; i < nthreads; i++) {
         struct worker_thread_arg *a = xmalloc(sizeof *a);
         a->pool = p;
@@ -318,6 +332,7 @@ void worker_pool_stop(struct worker_pool *p)
         pthread_join(p->threads[i], NULL);
         store_close(p->stores[i]);
     }
+    metrics_gauge_add(metrics_db_connections_active, -p->nthreads);
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->cond);
     free(p->threads);
