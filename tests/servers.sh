@@ -4,6 +4,10 @@
 #   tests/servers.sh start DIR   start both under DIR, print `export` lines
 #   tests/servers.sh reset DIR   empty them: recreate chatd_test, FLUSHALL
 #   tests/servers.sh stop DIR    stop both (safe to call twice)
+#   tests/servers.sh pg-stop DIR [MODE]  stop Postgres alone; MODE is a
+#                                pg_ctl shutdown mode (fast, or immediate
+#                                to act like a crash)
+#   tests/servers.sh pg-start DIR        start it again on the same port
 #
 # `eval "$(tests/servers.sh start "$dir")"` sets CHATD_TEST_PG_URL and
 # CHATD_TEST_REDIS_URL; the same lines are kept in DIR/env. Everything the
@@ -21,7 +25,7 @@ servers_die() {
 }
 
 servers_usage() {
-	echo "usage: $0 start|reset|stop DIR" >&2
+	echo "usage: $0 start|reset|stop|pg-start DIR | pg-stop DIR [MODE]" >&2
 	exit 2
 }
 
@@ -97,6 +101,19 @@ servers_psql() {
 	psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"
 }
 
+# Starts the initialised cluster under DIR on $PG_PORT.
+servers_pg_ctl_start() {
+	local dir=$1 bindir
+	bindir=$(servers_pg_bindir)
+	if ! servers_as_pg "$bindir/pg_ctl" -D "$dir/pg" -l "$dir/postgres.log" \
+		-w -t 60 -o "-c listen_addresses=127.0.0.1 -p $PG_PORT \
+		-c unix_socket_directories='$dir/pgsock' -c fsync=on" \
+		start >/dev/null; then
+		cat "$dir/postgres.log" >&2
+		servers_die "postgres did not start"
+	fi
+}
+
 servers_start_pg() {
 	local dir=$1 bindir
 	bindir=$(servers_pg_bindir)
@@ -125,13 +142,7 @@ servers_start_pg() {
 		servers_as_pg tee "$dir/pg/pg_hba.conf" >/dev/null
 
 	echo "servers.sh: postgres on 127.0.0.1:$PG_PORT" >&2
-	if ! servers_as_pg "$bindir/pg_ctl" -D "$dir/pg" -l "$dir/postgres.log" \
-		-w -t 60 -o "-c listen_addresses=127.0.0.1 -p $PG_PORT \
-		-c unix_socket_directories='$dir/pgsock' -c fsync=on" \
-		start >/dev/null; then
-		cat "$dir/postgres.log" >&2
-		servers_die "postgres did not start"
-	fi
+	servers_pg_ctl_start "$dir"
 	echo "$PG_PORT" >"$dir/pg.port"
 	servers_psql -d postgres -c 'CREATE DATABASE chatd_test' >&2 ||
 		servers_die "cannot create database chatd_test"
@@ -247,6 +258,27 @@ servers_stop_redis() {
 	rm -f "$dir/redis.pid"
 }
 
+# Stops Postgres alone (the outage tests), in pg_ctl's MODE.
+servers_pg_stop() {
+	local dir=$1 mode=$2 bindir
+	case "$mode" in
+	smart | fast | immediate) ;;
+	*) servers_die "pg-stop: unknown mode '$mode' (smart, fast, immediate)" ;;
+	esac
+	[[ -f "$dir/pg/postmaster.pid" ]] || servers_die "$dir: postgres is not running"
+	bindir=$(servers_pg_bindir)
+	servers_as_pg "$bindir/pg_ctl" -D "$dir/pg" -m "$mode" -w -t 30 \
+		stop >/dev/null || servers_die "pg_ctl stop -m $mode failed"
+}
+
+servers_pg_start() {
+	local dir=$1
+	servers_load_ports "$dir"
+	[[ -n "$PG_PORT" ]] || servers_die "$dir: not started"
+	[[ ! -f "$dir/pg/postmaster.pid" ]] || servers_die "$dir: postgres is running"
+	servers_pg_ctl_start "$dir"
+}
+
 servers_stop() {
 	local dir=$1
 	[[ -d "$dir" ]] || return 0
@@ -255,7 +287,7 @@ servers_stop() {
 	servers_stop_pg "$dir"
 }
 
-[[ $# -eq 2 ]] || servers_usage
+[[ $# -eq 2 || ($# -eq 3 && "$1" == pg-stop) ]] || servers_usage
 servers_dir=$(cd "$2" 2>/dev/null && pwd) || {
 	[[ "$1" == stop ]] && exit 0
 	servers_die "$2 is not a directory"
@@ -264,5 +296,7 @@ case "$1" in
 start) servers_start "$servers_dir" ;;
 reset) servers_reset "$servers_dir" ;;
 stop) servers_stop "$servers_dir" ;;
+pg-stop) servers_pg_stop "$servers_dir" "${3:-fast}" ;;
+pg-start) servers_pg_start "$servers_dir" ;;
 *) servers_usage ;;
 esac

@@ -78,7 +78,7 @@ CREATE TABLE conversations (
                   CHECK (kind IN ('direct', 'group')),
     title         text
                   CONSTRAINT conversations_title_length
-                  CHECK (octet_length(title) <= 1024),
+                  CHECK (octet_length(title) <= 200),
     -- One direct conversation per pair: its UNIQUE index finds it.
     direct_key    text
                   CONSTRAINT conversations_direct_key UNIQUE,

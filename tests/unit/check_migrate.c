@@ -1037,12 +1037,12 @@ START_TEST(test_pg_schema_has_its_comments_and_indexes)
     ck_assert_contains(schema, "table events r Append-only");
     ck_assert_contains(schema, "UNIQUE (conversation_id, seq)");
     ck_assert_contains(schema, "UNIQUE (sender_id, client_msg_id)");
-    ck_assert_contains(schema, "ON conversation_members USING btree "
+    ck_assert_contains(schema, "conversation_members USING btree "
                        "(user_id, conversation_id)");
-    ck_assert_contains(schema, "ON events USING btree (created_at)");
-    ck_assert_contains(schema, "ON events USING btree (type, created_at)");
-    ck_assert_contains(schema, "ON sessions USING btree (user_id)");
-    ck_assert_contains(schema, "ON conversations USING btree "
+    ck_assert_contains(schema, "events USING btree (created_at)");
+    ck_assert_contains(schema, "events USING btree (type, created_at)");
+    ck_assert_contains(schema, "sessions USING btree (user_id)");
+    ck_assert_contains(schema, "conversations USING btree "
                        "(last_activity)");
     ck_assert_contains(schema, "octet_length(token_hash) = 32");
     ck_assert_contains(schema, "column messages.created_at timestamp with "
