@@ -23,7 +23,7 @@
 enum {
     OPT_LISTEN = 256, OPT_DATABASE, OPT_REDIS, OPT_ORIGIN, OPT_LOG_LEVEL,
     OPT_DATA_DIR, OPT_SESSION_TTL, OPT_WORKERS, OPT_SLOW_QUERY,
-    OPT_STORE_QUEUE, OPT_DRY_RUN,
+    OPT_STORE_QUEUE, OPT_COLLECT_INTERVAL, OPT_COLLECT_TIMEOUT, OPT_DRY_RUN,
 };
 
 static const struct option config_options[] = {
@@ -37,6 +37,8 @@ static const struct option config_options[] = {
     { "workers", required_argument, NULL, OPT_WORKERS },
     { "slow-query-ms", required_argument, NULL, OPT_SLOW_QUERY },
     { "store-queue", required_argument, NULL, OPT_STORE_QUEUE },
+    { "collect-interval-ms", required_argument, NULL, OPT_COLLECT_INTERVAL },
+    { "collect-timeout-ms", required_argument, NULL, OPT_COLLECT_TIMEOUT },
     { "dry-run", no_argument, NULL, OPT_DRY_RUN },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
@@ -68,6 +70,10 @@ void config_usage(FILE *out)
 "                           100)\n"
 "  --store-queue N          sends waiting for the database before new ones get\n"
 "                           'busy' (CHATD_STORE_QUEUE, 65536)\n"
+"  --collect-interval-ms MS how often the collector runs each SQL metric\n"
+"                           query (CHATD_COLLECT_INTERVAL_MS, 15000)\n"
+"  --collect-timeout-ms MS  the time limit of each collector query\n"
+"                           (CHATD_COLLECT_TIMEOUT_MS, 5000)\n"
 "  -h, --help               show this help\n"
 "  -V, --version            show the version\n", out);
 }
@@ -269,6 +275,18 @@ static int config_apply(struct config *cfg, int opt, const char *name,
         config_error(err, errlen, "invalid %s '%s': expected 16 to 4194304",
                      name, v);
         return -1;
+    case OPT_COLLECT_INTERVAL:
+        if (config_parse_int(v, 100, 3600000, &cfg->collect_interval_ms) == 0)
+            return 0;
+        config_error(err, errlen, "invalid %s '%s': expected 100 to 3600000 "
+                     "milliseconds", name, v);
+        return -1;
+    case OPT_COLLECT_TIMEOUT:
+        if (config_parse_int(v, 10, 600000, &cfg->collect_timeout_ms) == 0)
+            return 0;
+        config_error(err, errlen, "invalid %s '%s': expected 10 to 600000 "
+                     "milliseconds", name, v);
+        return -1;
     }
     return 0;
 }
@@ -287,6 +305,8 @@ static const struct {
     { "CHATD_WORKERS", OPT_WORKERS },
     { "CHATD_SLOW_QUERY_MS", OPT_SLOW_QUERY },
     { "CHATD_STORE_QUEUE", OPT_STORE_QUEUE },
+    { "CHATD_COLLECT_INTERVAL_MS", OPT_COLLECT_INTERVAL },
+    { "CHATD_COLLECT_TIMEOUT_MS", OPT_COLLECT_TIMEOUT },
 };
 
 int config_parse(struct config *cfg, int argc, char **argv, char *err,
@@ -304,6 +324,8 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err,
     cfg->workers = 2;
     cfg->slow_query_ms = 100;
     cfg->store_queue = 65536;
+    cfg->collect_interval_ms = 15000;
+    cfg->collect_timeout_ms = 5000;
 
     for (i = 0; i < sizeof config_env / sizeof config_env[0]; i++) {
         const char *v = getenv(config_env[i].env);
@@ -338,7 +360,8 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err,
             /* fall through */
         case OPT_LISTEN: case OPT_DATABASE: case OPT_REDIS: case OPT_LOG_LEVEL:
         case OPT_DATA_DIR: case OPT_SESSION_TTL: case OPT_WORKERS:
-        case OPT_SLOW_QUERY: case OPT_STORE_QUEUE: {
+        case OPT_SLOW_QUERY: case OPT_STORE_QUEUE: case OPT_COLLECT_INTERVAL:
+        case OPT_COLLECT_TIMEOUT: {
             char name[64];
             snprintf(name, sizeof name, "--%s",
                      config_options[c - OPT_LISTEN].name);

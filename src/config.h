@@ -26,6 +26,8 @@ struct config {
     int workers;                   /* worker threads (reads, auth) */
     int slow_query_ms;             /* database_query log threshold */
     int store_queue;               /* pending sends before "busy" */
+    int collect_interval_ms;       /* collector: each query's period */
+    int collect_timeout_ms;        /* collector: each query's time limit */
     /* The subcommand: CONFIG_CMD_SERVE or CONFIG_CMD_MIGRATE with its
      * arguments left in cmd_argv (borrowed from argv). */
     int cmd;

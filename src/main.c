@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "collector.h"
 #include "config.h"
 #include "http_api.h"
 #include "log.h"
@@ -93,6 +94,9 @@ static int main_serve(const struct config *cfg)
     struct http_api *api;
     struct http_api_config acfg;
     struct ws_chat *chat;
+    struct collector *collector;
+    struct collector_config ccfg;
+    char sql_dir[4096];
     struct sigaction sa;
 
     if (main_check_schema(cfg) != 0)
@@ -124,10 +128,25 @@ static int main_serve(const struct config *cfg)
         worker_sink_free(sink);
         return main_fail("%s%s", err, "");
     }
+    snprintf(sql_dir, sizeof sql_dir, "%s/sql/metrics", cfg->data_dir);
+    memset(&ccfg, 0, sizeof ccfg);
+    ccfg.db_url = cfg->database;
+    ccfg.sql_dir = sql_dir;
+    ccfg.interval_ms = cfg->collect_interval_ms;
+    ccfg.timeout_ms = cfg->collect_timeout_ms;
+    collector = collector_start(&ccfg, err, sizeof err);
+    if (collector == NULL) {
+        http_api_free(api);
+        worker_pool_stop(store_pool);
+        worker_pool_stop(workers);
+        worker_sink_free(sink);
+        return main_fail("metrics collector: %s%s", err, "");
+    }
     chat = ws_chat_create(cfg, workers, store_pool, server_notify);
     http_api_set_chat(api, chat);
     main_server = server_create(cfg, api, chat, sink, err, sizeof err);
     if (main_server == NULL) {
+        collector_stop(collector);
         ws_chat_free(chat);
         http_api_free(api);
         worker_pool_stop(store_pool);
@@ -158,6 +177,7 @@ static int main_serve(const struct config *cfg)
     server_run(main_server);
 
     log_event(LOG_INFO, "server_stop", NULL, LF_END);
+    collector_stop(collector);
     /* The pools finish what they hold; then the loop is gone. */
     worker_pool_stop(store_pool);
     worker_pool_stop(workers);

@@ -238,6 +238,30 @@ void store_msgs_free(struct store_msg *m, size_t n)
     free(m);
 }
 
+int store_query_rows(struct store *s, const char *sql, int timeout_ms,
+                     struct store_rows *out)
+{
+    memset(out, 0, sizeof *out);
+    if (s->ops->query_rows == NULL) {
+        store_set_error(s, "query_rows: not supported by the %s backend",
+                        s->ops->name);
+        return STORE_ERR;
+    }
+    return s->ops->query_rows(s, sql, timeout_ms, out);
+}
+
+void store_rows_clear(struct store_rows *r)
+{
+    size_t i;
+
+    if (r == NULL)
+        return;
+    for (i = 0; i < r->nrows * r->ncols; i++)
+        free(r->cells[i]);
+    free(r->cells);
+    memset(r, 0, sizeof *r);
+}
+
 void store_conv_clear(struct store_conv *c)
 {
     if (c == NULL)

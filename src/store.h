@@ -110,6 +110,12 @@ struct store_migration {
                                 (first line "-- chatd:no-transaction") */
 };
 
+/* Rows of text cells from a read-only query (the collector's). */
+struct store_rows {
+    size_t nrows, ncols;
+    char **cells;            /* nrows * ncols, row-major; NULL for SQL NULL */
+};
+
 struct store_ops {
     const char *name;
     void (*close)(struct store *);
@@ -154,6 +160,8 @@ struct store_ops {
 
     int (*event_add)(struct store *, const char *type, int64_t user_id,
                      const char *detail_json, int64_t now);
+    int (*query_rows)(struct store *, const char *sql, int timeout_ms,
+                      struct store_rows *out);
 
     int (*mig_begin)(struct store *);
     int (*mig_applied)(struct store *, struct store_migration **out,
@@ -256,6 +264,13 @@ int store_read_marker(struct store *s, int64_t user_id, int64_t conv_id,
 /* Appends to the events table (user_id 0: none; detail_json may be NULL). */
 int store_event_add(struct store *s, const char *type, int64_t user_id,
                     const char *detail_json, int64_t now);
+
+/* Runs one read-only statement (a statement that would write is refused)
+ * with a time limit, and returns every row as text. Used by the metrics
+ * collector on its own connection. */
+int store_query_rows(struct store *s, const char *sql, int timeout_ms,
+                     struct store_rows *out);
+void store_rows_clear(struct store_rows *r);
 
 /* Migration primitives, used by migrate.c only. mig_begin takes the
  * migration lock (Postgres advisory lock) and creates schema_migrations if

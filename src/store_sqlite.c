@@ -1379,6 +1379,59 @@ static int store_sqlite_event_add(struct store *s, const char *type,
                               now);
 }
 
+/* Aborts a statement that runs past its deadline (progress handler). */
+static int store_sqlite_deadline(void *arg)
+{
+    return util_mono_ns() > *(int64_t *)arg;
+}
+
+static int store_sqlite_query_rows(struct store *s, const char *sql,
+                                   int timeout_ms, struct store_rows *out)
+{
+    struct store_sqlite *ss = store_sqlite_of(s);
+    sqlite3_stmt *st = NULL;
+    int64_t deadline = util_mono_ns() + (int64_t)timeout_ms * 1000000;
+    size_t cap = 0, i;
+    int rc;
+
+    if (sqlite3_prepare_v2(ss->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        store_sqlite_fail(ss, "query_rows");
+        return STORE_ERR;
+    }
+    if (st == NULL || !sqlite3_stmt_readonly(st)) {
+        sqlite3_finalize(st);
+        store_set_error(s, "query_rows: only one read-only statement runs");
+        return STORE_ERR;
+    }
+    out->ncols = (size_t)sqlite3_column_count(st);
+    sqlite3_progress_handler(ss->db, 1000, store_sqlite_deadline, &deadline);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if ((out->nrows + 1) * out->ncols > cap) {
+            cap = cap ? cap * 2 : 16 * (out->ncols ? out->ncols : 1);
+            out->cells = xrealloc(out->cells, cap * sizeof *out->cells);
+        }
+        for (i = 0; i < out->ncols; i++) {
+            const unsigned char *t = sqlite3_column_text(st, (int)i);
+            out->cells[out->nrows * out->ncols + i] =
+                t ? xstrdup((const char *)t) : NULL;
+        }
+        out->nrows++;
+    }
+    sqlite3_progress_handler(ss->db, 0, NULL, NULL);
+    if (rc != SQLITE_DONE) {
+        if (rc == SQLITE_INTERRUPT)
+            store_set_error(s, "query_rows: timed out after %d ms",
+                            timeout_ms);
+        else
+            store_sqlite_fail(ss, "query_rows");
+        sqlite3_finalize(st);
+        store_rows_clear(out);
+        return STORE_ERR;
+    }
+    sqlite3_finalize(st);
+    return STORE_OK;
+}
+
 /* SQLite needs no migration lock: BEGIN IMMEDIATE in each apply already
  * keeps two migrators from interleaving on the one file. */
 static int store_sqlite_mig_begin(struct store *s)
@@ -1599,6 +1652,7 @@ static const struct store_ops store_sqlite_ops = {
     .conv_member = store_sqlite_conv_member,
     .conv_member_ids = store_sqlite_conv_member_ids,
     .user_contacts = store_sqlite_user_contacts,
+    .query_rows = store_sqlite_query_rows,
     .history = store_sqlite_history,
     .send_batch = store_sqlite_send_batch,
     .read_marker = store_sqlite_read_marker,

@@ -24,6 +24,7 @@
 #include "ws_chat.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,6 +95,16 @@ struct ws_job {
 };
 
 static void ws_chat_job_done(struct job *j);
+
+/* Users with a ready socket on this node, read by /metrics on any thread. */
+static atomic_size_t ws_chat_online;
+
+static double ws_chat_online_metric(void *arg)
+{
+    (void)arg;
+    return (double)atomic_load_explicit(&ws_chat_online,
+                                        memory_order_relaxed);
+}
 static void ws_conn_close(struct ws_conn *c, int code, const char *reason);
 
 /* ---- frames and the outgoing queue --------------------------------------- */
@@ -567,6 +578,8 @@ static void ws_done_auth(struct ws_chat *wc, struct ws_conn *c,
               LF_END);
     if (hub_conn_ready(&wc->hub, c, j->contacts, j->ncontacts))
         ws_chat_presence(wc, c->user_id, 1, j->contacts, j->ncontacts);
+    atomic_store_explicit(&ws_chat_online, wc->hub.users.len,
+                          memory_order_relaxed);
 }
 
 static void ws_done_send(struct ws_chat *wc, struct ws_conn *c,
@@ -1116,6 +1129,8 @@ static void ws_closed(struct ws_chat *wc, struct ws_conn *c)
         return;
     if (hub_conn_remove(&wc->hub, c, &contacts, &ncontacts))
         ws_chat_presence(wc, c->user_id, 0, contacts, ncontacts);
+    atomic_store_explicit(&ws_chat_online, wc->hub.users.len,
+                          memory_order_relaxed);
     free(contacts);
     if (was_ready)
         log_event(LOG_INFO, "ws_close", NULL, LOG_INT("user_id", c->user_id),
@@ -1273,6 +1288,10 @@ struct ws_chat *ws_chat_create(const struct config *cfg,
     wc->store_pool = store_pool;
     hub_init(&wc->hub);
     wc->bus = bus_local_create(ws_chat_deliver, wc, wake, NULL);
+    if (metrics_find("chat_online_users") == NULL)
+        metrics_gauge_func("chat_online_users", "Users with at least one "
+                           "authenticated WebSocket session on this node.",
+                           ws_chat_online_metric, NULL);
     return wc;
 }
 

@@ -1,16 +1,22 @@
 """Fixtures for the integration tests: a real chatd on a loopback port.
 
-The `server` fixture starts one chatd per test module on the embedded
-default (a SQLite file in a fresh temporary directory), waits until
-GET /health answers, and at the end sends SIGTERM and checks that the
-process exits 0. Its stdout (the JSON log) and stderr go to files in the
-same directory, so tests can read what the server logged.
+The `server` fixture starts one chatd per test module and backend, waits
+until GET /health answers, and at the end sends SIGTERM and checks that
+the process exits 0. Every module runs on the embedded default (a SQLite
+file in a fresh temporary directory) and, when CHATD_TEST_PG_URL names a
+Postgres server, once more on Postgres: on a database of its own, created
+through the server's maintenance database `postgres`, migrated with
+`chatd migrate up` (chatd refuses a schema that is behind) and dropped at
+the end. Test ids carry the backend: test_x[sqlite], test_x[postgres].
+Its stdout (the JSON log) and stderr go to files in the same directory,
+so tests can read what the server logged.
 
 Tests that need a process of their own (command line, startup errors,
 logs after shutdown) use `ChatdProcess` directly.
 
 Environment: CHATD_BIN is the built chatd, CHATD_TEST_DATA_DIR the source
-tree (passed as --data-dir, for migrations/ and web/).
+tree (passed as --data-dir, for migrations/ and web/), CHATD_TEST_PG_URL
+(optional) a Postgres server the tests may create databases on.
 """
 
 import json
@@ -22,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 import pytest
 
@@ -199,11 +206,61 @@ class ChatdProcess:
             time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def server():
-    """One chatd for the whole module, stopped (and checked) at the end."""
+def backends():
+    """The backends every module runs on: SQLite always, Postgres when the
+    harness started one."""
+    names = ["sqlite"]
+    if os.environ.get("CHATD_TEST_PG_URL"):
+        names.append("postgres")
+    return names
+
+
+def pg_url(dbname):
+    """CHATD_TEST_PG_URL with its database name replaced by dbname."""
+    base = os.environ["CHATD_TEST_PG_URL"]
+    scheme, sep, rest = base.partition("://")
+    rest, qsep, query = rest.partition("?")
+    host = rest.split("/", 1)[0]
+    return "%s%s%s/%s%s%s" % (scheme, sep, host, dbname, qsep, query)
+
+
+def pg_admin(sql):
+    """Runs one statement on the maintenance database with psql."""
+    r = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                        pg_url("postgres"), "-c", sql],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       env=clean_env(), timeout=60)
+    if r.returncode != 0:
+        pytest.fail("psql %r failed: %s" % (sql, r.stdout.decode(
+            "utf-8", "replace")))
+
+
+def pg_database():
+    """A new, migrated Postgres database: (its name, its URL)."""
+    name = "chatd_it_%d_%s" % (os.getpid(), uuid.uuid4().hex[:8])
+    pg_admin("CREATE DATABASE %s" % name)
+    url = pg_url(name)
+    r = subprocess.run([chatd_bin(), "--database", url, "--data-dir",
+                        data_dir(), "migrate", "up"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       stdin=subprocess.DEVNULL, env=clean_env(), timeout=60)
+    if r.returncode != 0:
+        pg_admin("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+        pytest.fail("chatd migrate up exited %d: %s" % (
+            r.returncode, r.stdout.decode("utf-8", "replace")))
+    return name, url
+
+
+@pytest.fixture(scope="module", params=backends())
+def server(request):
+    """One chatd for the whole module on one backend, stopped (and
+    checked) at the end."""
     tmpdir = tempfile.mkdtemp(prefix="chatd-it-")
-    proc = ChatdProcess(tmpdir)
+    dbname, database = None, None
+    if request.param == "postgres":
+        dbname, database = pg_database()
+    proc = ChatdProcess(tmpdir, database=database)
+    proc.backend = request.param
     try:
         proc.start()
         yield proc
@@ -220,6 +277,8 @@ def server():
         proc.kill()
         proc._close_files()
         shutil.rmtree(tmpdir, ignore_errors=True)
+        if dbname is not None:
+            pg_admin("DROP DATABASE IF EXISTS %s WITH (FORCE)" % dbname)
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,26 @@
  * It runs on a fresh SQLite file per test (in a mkdtemp directory,
  * migrated with migrate_up from $CHATD_TEST_DATA_DIR/migrations/sqlite,
  * or from the source tree found by a relative path when that is unset),
- * and once more against $CHATD_TEST_PG_URL when that is set. Names carry
- * a per-test tag, so the tests also hold on a shared database that is
- * not emptied between them. A few SQLite-only cases look into the file
- * with sqlite3 itself (the events table) or inject a failure with a
- * trigger; they are not part of the Postgres run.
+ * and once more on Postgres when $CHATD_TEST_PG_URL is set: on a database
+ * of its own, created for the run through the server's maintenance
+ * database `postgres` and dropped after. Names carry a per-test tag, so
+ * the tests hold on a database that is not emptied between them. A few
+ * backend-only cases look inside with the backend's own client (the
+ * events table, what a session row keeps) or inject a failure with a
+ * trigger. The Postgres-only cases also race two connections (seqs stay
+ * gapless, a duplicate sent from two nodes at once is stored once) and
+ * restart a private Postgres under the store (tests/servers.sh) to prove
+ * it reconnects.
  *
- * Runs single-threaded under Check, each test in its own forked process
- * unless CK_FORK=no.
+ * Runs under Check, each test in its own forked process unless
+ * CK_FORK=no; the race tests start threads of their own.
  */
 #include <check.h>
 #include <ftw.h>
+#include <libpq-fe.h>
 #include <limits.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1268,6 +1275,495 @@ START_TEST(test_failed_batch_stores_nothing)
 }
 END_TEST
 
+/* --- Postgres only --- */
+
+static PGconn *check_store_pg_raw(void)
+{
+    PGconn *c = PQconnectdb(check_store_url);
+
+    ck_assert_msg(PQstatus(c) == CONNECTION_OK, "%s", PQerrorMessage(c));
+    return c;
+}
+
+/* Runs sql with up to two text parameters; returns the result. */
+static PGresult *check_store_pg_exec(PGconn *c, const char *sql,
+                                     const char *a1, const char *a2)
+{
+    const char *params[2] = { a1, a2 };
+    int n = a2 ? 2 : a1 ? 1 : 0;
+    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
+
+    ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK ||
+                  PQresultStatus(r) == PGRES_COMMAND_OK, "%s: %s", sql,
+                  PQresultErrorMessage(r));
+    return r;
+}
+
+/* The single integer a query returns. */
+static long long check_store_pg_count(PGconn *c, const char *sql,
+                                      const char *a1, const char *a2)
+{
+    PGresult *r = check_store_pg_exec(c, sql, a1, a2);
+    long long v;
+
+    ck_assert_int_eq(PQntuples(r), 1);
+    v = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return v;
+}
+
+START_TEST(test_pg_events_are_recorded_with_their_changes)
+{
+    int64_t a = check_store_user("va"), b = check_store_user("vb");
+    uint8_t h[STORE_TOKEN_HASH_LEN];
+    struct store_msg m;
+    int64_t sid, r, conv;
+    char ida[32], idb[32], detail[96];
+    PGconn *c;
+
+    check_store_token(h, 7);
+    ck_assert_int_eq(store_session_create(st, a, h, T0, T0 + 1000, &sid),
+                     STORE_OK);
+    ck_assert_int_eq(store_session_delete(st, sid, T0 + 1), STORE_OK);
+    conv = check_store_conv(a, &b, 1, NULL, T0 + 2);
+    check_store_conv(b, &a, 1, NULL, T0 + 3);   /* the same: no event */
+    ck_assert_int_eq(check_store_send(conv, a, "e1", "x", T0 + 4, &m),
+                     STORE_OK);
+    store_msg_clear(&m);
+    ck_assert_int_eq(store_read_marker(st, b, conv, 1, T0 + 5, &r), STORE_OK);
+    ck_assert_int_eq(store_read_marker(st, b, conv, 1, T0 + 6, &r),
+                     STORE_DUPLICATE);
+    snprintf(detail, sizeof detail, "{\"reason\":\"%s\"}", check_store_tag);
+    ck_assert_int_eq(store_event_add(st, "security_test", 0, detail, T0 + 7),
+                     STORE_OK);
+
+    c = check_store_pg_raw();
+    snprintf(ida, sizeof ida, "%lld", (long long)a);
+    snprintf(idb, sizeof idb, "%lld", (long long)b);
+#define EV(type) \
+    check_store_pg_count(c, "SELECT count(*) FROM events WHERE type = '" \
+                         type "' AND user_id IN ($1, $2)", ida, idb)
+    ck_assert_int_eq(EV("user_registration"), 2);
+    ck_assert_int_eq(EV("user_login"), 1);
+    ck_assert_int_eq(EV("user_logout"), 1);
+    ck_assert_int_eq(EV("conversation_created"), 1);
+    ck_assert_int_eq(EV("message_read"), 1);
+#undef EV
+    /* Times are timestamptz, to the millisecond; detail is jsonb. */
+    ck_assert_int_eq(check_store_pg_count(c, "SELECT count(*) FROM events "
+                     "WHERE type = 'security_test' AND user_id IS NULL AND "
+                     "detail->>'reason' = $1 AND created_at = "
+                     "'2026-11-24T12:00:00.007Z'", check_store_tag, NULL),
+                     1);
+    ck_assert_int_eq(check_store_pg_count(c, "SELECT count(*) FROM events "
+                     "WHERE type = 'message_read' AND user_id = $1 AND "
+                     "created_at = '2026-11-24T12:00:00.005Z' AND "
+                     "(detail->>'seq')::int = 1", idb, NULL), 1);
+    ck_assert_int_eq(check_store_pg_count(c, "SELECT count(*) FROM messages "
+                     "WHERE sender_id = $1 AND created_at = "
+                     "'2026-11-24T12:00:00.004Z'", ida, NULL), 1);
+    PQfinish(c);
+}
+END_TEST
+
+START_TEST(test_pg_session_token_is_stored_only_as_its_hash)
+{
+    int64_t a = check_store_user("ka");
+    uint8_t h[STORE_TOKEN_HASH_LEN];
+    char id[32], hex[2 * STORE_TOKEN_HASH_LEN + 1];
+    int64_t sid;
+    PGconn *c;
+
+    check_store_token(h, 8);
+    ck_assert_int_eq(store_session_create(st, a, h, T0, T0 + 1000, &sid),
+                     STORE_OK);
+    c = check_store_pg_raw();
+    snprintf(id, sizeof id, "%lld", (long long)a);
+    util_hex(h, sizeof h, hex);
+    ck_assert_int_eq(check_store_pg_count(c, "SELECT count(*) FROM sessions "
+                     "WHERE user_id = $1 AND token_hash = decode($2, 'hex')",
+                     id, hex), 1);
+    ck_assert_int_eq(check_store_pg_count(c, "SELECT count(*) FROM sessions "
+                     "WHERE user_id = $1 AND octet_length(token_hash) = 32",
+                     id, NULL), 1);
+    PQfinish(c);
+}
+END_TEST
+
+START_TEST(test_pg_failed_batch_stores_nothing)
+{
+    int64_t a = check_store_user("fa"), b = check_store_user("fb");
+    int64_t ab = check_store_conv(a, &b, 1, NULL, T0);
+    struct store_send sd[3];
+    struct store_msg *h;
+    char boom[64];
+    PGconn *c;
+    size_t n, i;
+    int more;
+
+    /* Another connection adds a trigger that fails one insert, the way a
+     * full disk or a broken connection would fail it mid-transaction. */
+    snprintf(boom, sizeof boom, "%s boom", check_store_tag);
+    c = check_store_pg_raw();
+    PQclear(check_store_pg_exec(c, "CREATE FUNCTION check_store_boom() "
+            "RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.body LIKE '% boom' THEN "
+            "RAISE EXCEPTION 'injected failure'; END IF; "
+            "RETURN NEW; END $$", NULL, NULL));
+    PQclear(check_store_pg_exec(c, "CREATE TRIGGER check_store_boom BEFORE "
+            "INSERT ON messages FOR EACH ROW EXECUTE FUNCTION "
+            "check_store_boom()", NULL, NULL));
+    check_store_fill(&sd[0], ab, a, "f0", "fine", T0 + 1);
+    check_store_fill(&sd[1], ab, b, "f1", "also fine", T0 + 2);
+    check_store_fill(&sd[2], ab, a, "f2", boom, T0 + 3);
+    ck_assert_int_eq(store_send_batch(st, sd, 3), STORE_ERR);
+    ck_assert_ptr_nonnull(strstr(store_errstr(st), "injected failure"));
+    ck_assert_ptr_null(strchr(store_errstr(st), '\n'));
+    for (i = 0; i < 3; i++) {
+        ck_assert_int_eq(sd[i].rc, STORE_ERR);
+        ck_assert_ptr_null(sd[i].msg.body);
+        ck_assert_int_eq(sd[i].msg.message_id, 0);
+    }
+    ck_assert_int_eq(store_history(st, ab, U, U, 10, &h, &n, &more),
+                     STORE_OK);
+    ck_assert_uint_eq(n, 0);
+    store_msgs_free(h, n);
+    ck_assert_int_eq(check_store_last_seq(ab, a), 0);
+    ck_assert_int_eq(check_store_read_seq(a, ab), 0);
+
+    PQclear(check_store_pg_exec(c, "DROP TRIGGER check_store_boom ON "
+                                "messages", NULL, NULL));
+    PQclear(check_store_pg_exec(c, "DROP FUNCTION check_store_boom()",
+                                NULL, NULL));
+    PQfinish(c);
+    /* The same sends again: seqs start at 1, nothing was used up. */
+    ck_assert_int_eq(store_send_batch(st, sd, 3), STORE_OK);
+    for (i = 0; i < 3; i++) {
+        ck_assert_int_eq(sd[i].rc, STORE_OK);
+        ck_assert_int_eq(sd[i].msg.seq, (int64_t)i + 1);
+    }
+    check_store_sends_clear(sd, 3);
+}
+END_TEST
+
+/* One node: a connection of its own sending batches in a thread. */
+#define CHECK_STORE_ROUNDS 25
+#define CHECK_STORE_PER 10
+
+struct check_store_node {
+    pthread_t thread;
+    struct store *s;
+    int id;
+    int64_t sender, convs[2];
+    int failures;           /* batches or sends that did not store */
+    char err[STORE_ERRLEN];
+    const char *cid;        /* the duplicate race: one send of this id */
+    struct store_send one;
+};
+
+static void *check_store_node_batches(void *arg)
+{
+    struct check_store_node *nd = arg;
+    struct store_send sd[CHECK_STORE_PER];
+    char cids[CHECK_STORE_PER][32];
+    int r, i;
+
+    for (r = 0; r < CHECK_STORE_ROUNDS; r++) {
+        for (i = 0; i < CHECK_STORE_PER; i++) {
+            /* The nodes name the conversations in opposite orders, so
+             * a store that locked them in batch order would deadlock. */
+            int64_t conv = nd->convs[(i < CHECK_STORE_PER / 2) ^ nd->id];
+
+            snprintf(cids[i], sizeof cids[i], "n%d-%d-%d", nd->id, r, i);
+            check_store_fill(&sd[i], conv, nd->sender, cids[i], cids[i],
+                             T0 + r);
+        }
+        if (store_send_batch(nd->s, sd, CHECK_STORE_PER) != STORE_OK) {
+            snprintf(nd->err, sizeof nd->err, "%s", store_errstr(nd->s));
+            nd->failures++;
+            continue;
+        }
+        for (i = 0; i < CHECK_STORE_PER; i++)
+            if (sd[i].rc != STORE_OK)
+                nd->failures++;
+        check_store_sends_clear(sd, CHECK_STORE_PER);
+    }
+    return NULL;
+}
+
+static void *check_store_node_one(void *arg)
+{
+    struct check_store_node *nd = arg;
+
+    check_store_fill(&nd->one, nd->convs[0], nd->sender, nd->cid,
+                     nd->id ? "from node 1" : "from node 0", T0 + nd->id);
+    if (store_send_batch(nd->s, &nd->one, 1) != STORE_OK) {
+        snprintf(nd->err, sizeof nd->err, "%s", store_errstr(nd->s));
+        nd->failures++;
+    }
+    return NULL;
+}
+
+static void check_store_node_start(struct check_store_node *nd,
+                                   void *(*fn)(void *))
+{
+    char err[256] = "";
+
+    nd->s = store_open(check_store_url, err, sizeof err);
+    ck_assert_msg(nd->s != NULL, "store_open: %s", err);
+    ck_assert_int_eq(pthread_create(&nd->thread, NULL, fn, nd), 0);
+}
+
+static void check_store_node_join(struct check_store_node *nd)
+{
+    ck_assert_int_eq(pthread_join(nd->thread, NULL), 0);
+    store_close(nd->s);
+    nd->s = NULL;
+    ck_assert_msg(nd->failures == 0, "node %d: %d failures, last: %s",
+                  nd->id, nd->failures, nd->err);
+}
+
+/* Asserts that conv holds seqs 1..count, each once. */
+static void check_store_gapless(int64_t conv, int64_t member, size_t count)
+{
+    struct store_msg *h;
+    size_t n, i;
+    int more;
+
+    ck_assert_int_eq(store_history(st, conv, U, U, count + 10, &h, &n,
+                                   &more), STORE_OK);
+    ck_assert_uint_eq(n, count);
+    for (i = 0; i < n; i++)
+        ck_assert_int_eq(h[i].seq, (int64_t)i + 1);
+    store_msgs_free(h, n);
+    ck_assert_int_eq(check_store_last_seq(conv, member), (int64_t)count);
+}
+
+START_TEST(test_pg_concurrent_batches_keep_seqs_gapless_and_unique)
+{
+    int64_t a = check_store_user("ga"), b = check_store_user("gb");
+    int64_t c = check_store_user("gc"), bc[2] = { b, c };
+    struct check_store_node nd[2];
+    int i;
+
+    memset(nd, 0, sizeof nd);
+    for (i = 0; i < 2; i++) {
+        nd[i].id = i;
+        nd[i].sender = i ? b : c;
+        nd[i].convs[0] = check_store_conv(a, bc, 2, "one", T0);
+        nd[i].convs[1] = 0;
+    }
+    /* Both nodes write into the same two conversations. */
+    nd[1].convs[0] = nd[0].convs[0];
+    nd[0].convs[1] = nd[1].convs[1] = check_store_conv(a, bc, 2, "two", T0);
+    for (i = 0; i < 2; i++)
+        check_store_node_start(&nd[i], check_store_node_batches);
+    for (i = 0; i < 2; i++)
+        check_store_node_join(&nd[i]);
+    check_store_gapless(nd[0].convs[0], a,
+                        2 * CHECK_STORE_ROUNDS * CHECK_STORE_PER / 2);
+    check_store_gapless(nd[0].convs[1], a,
+                        2 * CHECK_STORE_ROUNDS * CHECK_STORE_PER / 2);
+}
+END_TEST
+
+START_TEST(test_pg_duplicate_sent_from_two_nodes_at_once_is_stored_once)
+{
+    int64_t a = check_store_user("ra"), b = check_store_user("rb");
+    int64_t ab = check_store_conv(a, &b, 1, NULL, T0);
+    struct check_store_node nd[2];
+    struct store_msg m;
+    char conv[32];
+    PGconn *holder;
+    int i, ok = -1;
+
+    /* A third session holds the conversation's row, so both nodes pass
+     * the duplicate look-up before either stores: the loser of the race
+     * then meets the other's committed row in the unique index. */
+    holder = check_store_pg_raw();
+    snprintf(conv, sizeof conv, "%lld", (long long)ab);
+    PQclear(check_store_pg_exec(holder, "BEGIN", NULL, NULL));
+    PQclear(check_store_pg_exec(holder, "SELECT 1 FROM conversations "
+                                "WHERE id = $1 FOR UPDATE", conv, NULL));
+    memset(nd, 0, sizeof nd);
+    for (i = 0; i < 2; i++) {
+        nd[i].id = i;
+        nd[i].sender = a;
+        nd[i].convs[0] = ab;
+        nd[i].cid = "sent-twice";
+        check_store_node_start(&nd[i], check_store_node_one);
+    }
+    usleep(400 * 1000);
+    PQclear(check_store_pg_exec(holder, "COMMIT", NULL, NULL));
+    PQfinish(holder);
+    for (i = 0; i < 2; i++)
+        check_store_node_join(&nd[i]);
+
+    /* One stored it, the other got that very message back. */
+    ck_assert_msg((nd[0].one.rc == STORE_OK && nd[1].one.rc ==
+                   STORE_DUPLICATE) || (nd[0].one.rc == STORE_DUPLICATE &&
+                                        nd[1].one.rc == STORE_OK),
+                  "outcomes %d and %d", nd[0].one.rc, nd[1].one.rc);
+    ok = nd[0].one.rc == STORE_OK ? 0 : 1;
+    ck_assert_int_eq(nd[1 - ok].one.msg.message_id, nd[ok].one.msg.message_id);
+    ck_assert_int_eq(nd[1 - ok].one.msg.seq, 1);
+    ck_assert_str_eq(nd[1 - ok].one.msg.body, nd[ok].one.msg.body);
+    for (i = 0; i < 2; i++)
+        store_msg_clear(&nd[i].one.msg);
+    /* No seq was used up by the loser. */
+    check_store_gapless(ab, a, 1);
+    ck_assert_int_eq(check_store_send(ab, b, "next", "next", T0 + 9, &m),
+                     STORE_OK);
+    ck_assert_int_eq(m.seq, 2);
+    store_msg_clear(&m);
+}
+END_TEST
+
+START_TEST(test_pg_open_fails_fast_and_never_shows_the_password)
+{
+    char err[512] = "";
+    int64_t t0 = util_mono_ns();
+    struct store *s;
+
+    /* Nothing listens on port 1. */
+    s = store_open("postgresql://chatd:Sekr1tPass@127.0.0.1:1/chatd?"
+                   "password=Sekr1tPass", err, sizeof err);
+    ck_assert_ptr_null(s);
+    ck_assert_int_gt(strlen(err), 0);
+    ck_assert_ptr_null(strstr(err, "Sekr1tPass"));
+    ck_assert_ptr_null(strchr(err, '\n'));
+    ck_assert_int_lt((util_mono_ns() - t0) / 1000000, 3000);
+}
+END_TEST
+
+/* A private Postgres for the restart test, so that stopping it does not
+ * disturb the other test programs running at the same time. */
+static char check_store_srv[1100];
+
+static int check_store_servers(const char *cmd, const char *extra,
+                               char *url, size_t urllen)
+{
+    char line[2600];
+    FILE *p;
+    int rc;
+
+    snprintf(line, sizeof line, "'%s/tests/servers.sh' %s '%s' %s 2>&1",
+             check_store_data, cmd, check_store_srv, extra ? extra : "");
+    p = popen(line, "r");
+    if (p == NULL)
+        return -1;
+    while (fgets(line, sizeof line, p) != NULL) {
+        const char *k = "export CHATD_TEST_PG_URL=";
+        if (url != NULL && strncmp(line, k, strlen(k)) == 0) {
+            snprintf(url, urllen, "%s", line + strlen(k));
+            url[strcspn(url, "\n")] = '\0';
+        } else if (strstr(line, "export ") != line) {
+            fputs(line, stderr);
+        }
+    }
+    rc = pclose(p);
+    return rc == 0 ? 0 : -1;
+}
+
+static int check_store_srv_rm(const char *path, const struct stat *sb,
+                              int flag, struct FTW *ftw)
+{
+    return remove(path);
+}
+
+static void check_store_srv_cleanup(void)
+{
+    if (check_store_srv[0] == '\0')
+        return;
+    check_store_servers("stop", NULL, NULL, 0);
+    nftw(check_store_srv, check_store_srv_rm, 16, FTW_DEPTH | FTW_PHYS);
+    check_store_srv[0] = '\0';
+}
+
+START_TEST(test_pg_reconnects_after_the_server_restarts)
+{
+    const char *tmp = getenv("TMPDIR");
+    char url[2600] = "", err[512] = "", dir[1100];
+    struct store *s;
+    struct store_send sd;
+    struct store_msg *h;
+    int64_t a, b, ab, t0, ms;
+    struct store_conv cv;
+    FILE *devnull;
+    int created, more, rc = STORE_ERR;
+    size_t n;
+
+    snprintf(check_store_srv, sizeof check_store_srv, "%s/chatd-pg.XXXXXX",
+             tmp && *tmp ? tmp : P_tmpdir);
+    ck_assert_ptr_nonnull(mkdtemp(check_store_srv));
+    atexit(check_store_srv_cleanup);
+    ck_assert_msg(check_store_servers("start", NULL, url, sizeof url) == 0,
+                  "tests/servers.sh start failed");
+    ck_assert_int_gt(strlen(url), 0);
+
+    s = store_open(url, err, sizeof err);
+    ck_assert_msg(s != NULL, "%s", err);
+    snprintf(dir, sizeof dir, "%s/migrations/postgres", check_store_data);
+    devnull = fopen("/dev/null", "w");
+    ck_assert_int_eq(migrate_up(s, dir, 0, 0, devnull, err, sizeof err), 0);
+    fclose(devnull);
+    ck_assert_int_eq(store_user_create(s, "restart_a", HASH, T0, &a),
+                     STORE_OK);
+    ck_assert_int_eq(store_user_create(s, "restart_b", HASH, T0, &b),
+                     STORE_OK);
+    ck_assert_int_eq(store_conv_create(s, a, &b, 1, NULL, T0, &cv, &created),
+                     STORE_OK);
+    ab = cv.id;
+    store_conv_clear(&cv);
+    check_store_fill(&sd, ab, a, "before", "acked before", T0 + 1);
+    ck_assert_int_eq(store_send_batch(s, &sd, 1), STORE_OK);
+    ck_assert_int_eq(sd.rc, STORE_OK);
+    store_msg_clear(&sd.msg);
+
+    /* The server dies as in a crash. */
+    ck_assert_int_eq(check_store_servers("pg-stop", "immediate", NULL, 0), 0);
+    t0 = util_mono_ns();
+    ck_assert_int_eq(store_ping(s), STORE_ERR);
+    ms = (util_mono_ns() - t0) / 1000000;
+    ck_assert_int_lt(ms, 3000);
+    ck_assert_int_gt(strlen(store_errstr(s)), 0);
+    /* No ack while it is away: the send fails whole, quickly. */
+    check_store_fill(&sd, ab, a, "during", "never acked", T0 + 2);
+    t0 = util_mono_ns();
+    ck_assert_int_eq(store_send_batch(s, &sd, 1), STORE_ERR);
+    ck_assert_int_lt((util_mono_ns() - t0) / 1000000, 3000);
+    ck_assert_int_eq(sd.rc, STORE_ERR);
+    ck_assert_int_eq(sd.msg.message_id, 0);
+    ck_assert_ptr_nonnull(strstr(store_errstr(s), "unavailable"));
+
+    /* Back again: the same store serves without being reopened, within
+     * the longest back-off. */
+    ck_assert_int_eq(check_store_servers("pg-start", NULL, NULL, 0), 0);
+    t0 = util_mono_ns();
+    while ((util_mono_ns() - t0) / 1000000 < 10000) {
+        rc = store_ping(s);
+        if (rc == STORE_OK)
+            break;
+        usleep(100 * 1000);
+    }
+    ck_assert_msg(rc == STORE_OK, "no reconnect within 10 s: %s",
+                  store_errstr(s));
+    check_store_fill(&sd, ab, a, "after", "acked after", T0 + 3);
+    ck_assert_int_eq(store_send_batch(s, &sd, 1), STORE_OK);
+    ck_assert_int_eq(sd.rc, STORE_OK);
+    ck_assert_int_eq(sd.msg.seq, 2);
+    store_msg_clear(&sd.msg);
+    ck_assert_int_eq(store_history(s, ab, U, U, 10, &h, &n, &more),
+                     STORE_OK);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_str_eq(h[0].body, "acked before");
+    ck_assert_str_eq(h[1].body, "acked after");
+    store_msgs_free(h, n);
+    store_close(s);
+    check_store_srv_cleanup();
+}
+END_TEST
+
 static Suite *check_store_suite(const char *kind)
 {
     Suite *s = suite_create(kind);
@@ -1349,6 +1845,21 @@ static Suite *check_store_suite(const char *kind)
         tcase_add_test(tc, test_session_token_is_stored_only_as_its_hash);
         tcase_add_test(tc, test_failed_batch_stores_nothing);
         suite_add_tcase(s, tc);
+    } else {
+        tc = tcase_create("postgres");
+        tcase_add_checked_fixture(tc, check_store_setup,
+                                  check_store_teardown);
+        tcase_set_timeout(tc, 60);
+        tcase_add_test(tc, test_pg_events_are_recorded_with_their_changes);
+        tcase_add_test(tc, test_pg_session_token_is_stored_only_as_its_hash);
+        tcase_add_test(tc, test_pg_failed_batch_stores_nothing);
+        tcase_add_test(tc,
+                       test_pg_concurrent_batches_keep_seqs_gapless_and_unique);
+        tcase_add_test(
+            tc, test_pg_duplicate_sent_from_two_nodes_at_once_is_stored_once);
+        tcase_add_test(tc, test_pg_open_fails_fast_and_never_shows_the_password);
+        tcase_add_test(tc, test_pg_reconnects_after_the_server_restarts);
+        suite_add_tcase(s, tc);
     }
     return s;
 }
@@ -1397,6 +1908,67 @@ static int check_store_run(const char *kind)
     return failed;
 }
 
+/* url with its database name replaced by db (the rest kept as is). */
+static void check_store_pg_db_url(const char *url, const char *db, char *buf,
+                                  size_t len)
+{
+    const char *host = strstr(url, "://");
+    const char *slash, *query;
+
+    host = host ? host + 3 : url;
+    slash = strchr(host, '/');
+    query = strchr(host, '?');
+    if (slash == NULL || (query != NULL && query < slash))
+        slash = query ? query : host + strlen(host);
+    snprintf(buf, len, "%.*s/%s%s", (int)(slash - url), url, db,
+             query ? query : "");
+}
+
+/* One statement on the maintenance database; 0 or -1 (printed). */
+static int check_store_pg_admin(const char *base_url, const char *sql)
+{
+    char url[1400];
+    PGconn *c;
+    PGresult *r;
+    int ok;
+
+    check_store_pg_db_url(base_url, "postgres", url, sizeof url);
+    c = PQconnectdb(url);
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "check_store: maintenance database: %s",
+                PQerrorMessage(c));
+        PQfinish(c);
+        return -1;
+    }
+    r = PQexec(c, sql);
+    ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok)
+        fprintf(stderr, "check_store: %s: %s", sql, PQresultErrorMessage(r));
+    PQclear(r);
+    PQfinish(c);
+    return ok ? 0 : -1;
+}
+
+/* The Postgres run, on a database of its own, dropped after. */
+static int check_store_run_pg(const char *base_url)
+{
+    static char url[1400];
+    char db[64], sql[160];
+    int failed;
+
+    snprintf(db, sizeof db, "chatd_cks_%d", (int)getpid());
+    snprintf(sql, sizeof sql, "CREATE DATABASE %s", db);
+    if (check_store_pg_admin(base_url, sql) < 0)
+        return 1;
+    check_store_pg_db_url(base_url, db, url, sizeof url);
+    check_store_pg_url = url;
+    failed = check_store_run("postgres");
+    snprintf(sql, sizeof sql, "DROP DATABASE %s WITH (FORCE)", db);
+    if (check_store_pg_admin(base_url, sql) < 0)
+        failed++;
+    return failed;
+}
+
 int main(void)
 {
     const char *tmp = getenv("TMPDIR");
@@ -1417,7 +1989,7 @@ int main(void)
     failed = check_store_run("sqlite");
     check_store_pg_url = getenv("CHATD_TEST_PG_URL");
     if (check_store_pg_url != NULL && *check_store_pg_url != '\0')
-        failed += check_store_run("postgres");
+        failed += check_store_run_pg(check_store_pg_url);
     else
         printf("check_store: CHATD_TEST_PG_URL is not set; the Postgres "
                "run is not part of this build\n");

@@ -1,0 +1,516 @@
+/*
+ * collector.c - SQL-driven gauges on a thread of their own. See
+ * collector.h.
+ *
+ * A query file looks like:
+ *
+ *   -- metric: chat_unread_messages
+ *   -- type: gauge
+ *   -- help: Unread messages summed over every member of every conversation.
+ *   -- labels: range
+ *   SELECT ...;
+ *
+ * The query returns one column per label, then the value. Files named
+ * NAME.sqlite.sql or NAME.postgres.sql are for that backend only; NAME.sql
+ * is for both. Each query keeps its last rendered text; after every run the
+ * thread joins them into one snapshot and swaps it in whole.
+ *
+ * Thread: the collector thread owns its store connection and the query
+ * list; collector_start/stop run on the main thread.
+ */
+#include "collector.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "store.h"
+#include "util.h"
+
+#define COLLECTOR_MAX_LABELS 4
+#define COLLECTOR_MAX_QUERIES 64
+
+struct collector_query {
+    char file[128];
+    char name[128];               /* the metric family */
+    char type[16];                /* gauge or counter */
+    char help[256];
+    char labels[COLLECTOR_MAX_LABELS][64];
+    int nlabels;
+    char *sql;
+    char *text;                   /* the last rendered samples, or NULL */
+    int64_t next_ns;              /* when it runs next (monotonic) */
+    struct metrics_child *m_duration, *m_errors, *m_last_success;
+};
+
+struct collector {
+    struct collector_config cfg;
+    char *db_url;
+    struct collector_query *q[COLLECTOR_MAX_QUERIES];
+    int nq;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int stopping;                 /* guarded by lock */
+};
+
+static struct metrics_family *collector_m_duration, *collector_m_errors,
+    *collector_m_last_success;
+
+void collector_query_free(struct collector_query *q)
+{
+    if (q == NULL)
+        return;
+    free(q->sql);
+    free(q->text);
+    free(q);
+}
+
+static int collector_valid_name(const char *s)
+{
+    size_t i;
+
+    if (!((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z') ||
+          s[0] == '_'))
+        return 0;
+    for (i = 1; s[i]; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+            return 0;
+    return i < 128;
+}
+
+/* Copies the trimmed value of a "-- key: value" line. */
+static void collector_trim_copy(char *dst, size_t dstlen, const char *v,
+                                size_t n)
+{
+    while (n > 0 && (*v == ' ' || *v == '\t')) {
+        v++;
+        n--;
+    }
+    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t' || v[n - 1] == '\r'))
+        n--;
+    if (n >= dstlen)
+        n = dstlen - 1;
+    memcpy(dst, v, n);
+    dst[n] = '\0';
+}
+
+struct collector_query *collector_query_parse(const char *file,
+                                              const char *text, char *err,
+                                              size_t errlen)
+{
+    struct collector_query *q = xcalloc(1, sizeof *q);
+    const char *p = text;
+    char labels[256] = "";
+
+    snprintf(q->file, sizeof q->file, "%s", file);
+    /* The header: leading "-- key: value" lines. */
+    while (strncmp(p, "--", 2) == 0) {
+        const char *eol = strchr(p, '\n');
+        const char *line = p + 2, *colon;
+        size_t n = eol ? (size_t)(eol - line) : strlen(line);
+        colon = memchr(line, ':', n);
+        if (colon) {
+            char key[32];
+            size_t vl = n - (size_t)(colon + 1 - line);
+            collector_trim_copy(key, sizeof key, line, (size_t)(colon - line));
+            if (strcmp(key, "metric") == 0)
+                collector_trim_copy(q->name, sizeof q->name, colon + 1, vl);
+            else if (strcmp(key, "type") == 0)
+                collector_trim_copy(q->type, sizeof q->type, colon + 1, vl);
+            else if (strcmp(key, "help") == 0)
+                collector_trim_copy(q->help, sizeof q->help, colon + 1, vl);
+            else if (strcmp(key, "labels") == 0)
+                collector_trim_copy(labels, sizeof labels, colon + 1, vl);
+        }
+        if (eol == NULL) {
+            p += strlen(p);
+            break;
+        }
+        p = eol + 1;
+    }
+    if (!collector_valid_name(q->name)) {
+        snprintf(err, errlen, "%s: needs a '-- metric: NAME' line with a "
+                 "valid metric name", file);
+        goto fail;
+    }
+    if (strcmp(q->type, "gauge") != 0 && strcmp(q->type, "counter") != 0) {
+        snprintf(err, errlen, "%s: '-- type:' must be gauge or counter", file);
+        goto fail;
+    }
+    if (q->help[0] == '\0') {
+        snprintf(err, errlen, "%s: needs a '-- help:' line", file);
+        goto fail;
+    }
+    if (labels[0]) {
+        char *save = NULL, *tok;
+        for (tok = strtok_r(labels, ",", &save); tok;
+             tok = strtok_r(NULL, ",", &save)) {
+            char name[64];
+            collector_trim_copy(name, sizeof name, tok, strlen(tok));
+            if (!collector_valid_name(name) || q->nlabels ==
+                COLLECTOR_MAX_LABELS) {
+                snprintf(err, errlen, "%s: bad label list", file);
+                goto fail;
+            }
+            snprintf(q->labels[q->nlabels++], sizeof q->labels[0], "%s", name);
+        }
+    }
+    while (*p == '\n' || *p == ' ' || *p == '\r' || *p == '\t')
+        p++;
+    if (*p == '\0') {
+        snprintf(err, errlen, "%s: no query after the header", file);
+        goto fail;
+    }
+    q->sql = xstrdup(p);
+    return q;
+fail:
+    collector_query_free(q);
+    return NULL;
+}
+
+/* Escapes a label value for the exposition format. */
+static void collector_label_value(struct util_buf *b, const char *v)
+{
+    for (; *v; v++) {
+        if (*v == '\\')
+            util_buf_puts(b, "\\\\");
+        else if (*v == '"')
+            util_buf_puts(b, "\\\"");
+        else if (*v == '\n')
+            util_buf_puts(b, "\\n");
+        else
+            util_buf_append(b, v, 1);
+    }
+}
+
+int collector_render(const struct collector_query *q,
+                     const struct store_rows *rows, struct util_buf *b,
+                     char *err, size_t errlen)
+{
+    size_t r;
+    int i;
+
+    if (rows->nrows > 0 && rows->ncols != (size_t)q->nlabels + 1) {
+        snprintf(err, errlen, "%s: the query returns %zu columns, expected "
+                 "%d labels and a value", q->file, rows->ncols, q->nlabels);
+        return -1;
+    }
+    for (r = 0; r < rows->nrows; r++) {
+        const char *v = rows->cells[r * rows->ncols + (size_t)q->nlabels];
+        char *end;
+        double d;
+
+        if (v == NULL)
+            continue;             /* no value: no sample */
+        errno = 0;
+        d = strtod(v, &end);
+        if (end == v || *end != '\0' || errno != 0) {
+            snprintf(err, errlen, "%s: value '%.40s' is not a number",
+                     q->file, v);
+            return -1;
+        }
+        util_buf_puts(b, q->name);
+        if (q->nlabels) {
+            util_buf_puts(b, "{");
+            for (i = 0; i < q->nlabels; i++) {
+                const char *lv = rows->cells[r * rows->ncols + (size_t)i];
+                util_buf_printf(b, "%s%s=\"", i ? "," : "", q->labels[i]);
+                collector_label_value(b, lv ? lv : "");
+                util_buf_puts(b, "\"");
+            }
+            util_buf_puts(b, "}");
+        }
+        if (isnan(d))
+            util_buf_puts(b, " NaN\n");
+        else if (isinf(d))
+            util_buf_puts(b, d > 0 ? " +Inf\n" : " -Inf\n");
+        else if (d == floor(d) && fabs(d) < 9e15)
+            util_buf_printf(b, " %.0f\n", d);
+        else
+            util_buf_printf(b, " %.17g\n", d);
+    }
+    return 0;
+}
+
+static int collector_cmp_query(const void *a, const void *b)
+{
+    const struct collector_query *x = *(struct collector_query *const *)a;
+    const struct collector_query *y = *(struct collector_query *const *)b;
+    return strcmp(x->name, y->name);
+}
+
+/* Reads the queries for this dialect from dir. */
+static int collector_load(struct collector *c, const char *dialect, char *err,
+                          size_t errlen)
+{
+    DIR *d = opendir(c->cfg.sql_dir);
+    struct dirent *e;
+    int i, j;
+
+    if (d == NULL) {
+        snprintf(err, errlen, "cannot read %s: %s", c->cfg.sql_dir,
+                 strerror(errno));
+        return -1;
+    }
+    while ((e = readdir(d)) != NULL) {
+        const char *n = e->d_name, *ext;
+        char path[4096];
+        struct util_buf text = { 0 };
+        FILE *f;
+        size_t len = strlen(n), got;
+        char chunk[4096];
+
+        if (len < 5 || strcmp(n + len - 4, ".sql") != 0 || n[0] == '.')
+            continue;
+        /* NAME.sql, NAME.sqlite.sql or NAME.postgres.sql */
+        ext = memchr(n, '.', len - 4);
+        if (ext && (size_t)(ext - n) < len - 4) {
+            size_t dl = len - 4 - (size_t)(ext + 1 - n);
+            if (strlen(dialect) != dl || strncmp(ext + 1, dialect, dl) != 0)
+                continue;
+        }
+        if (c->nq == COLLECTOR_MAX_QUERIES) {
+            snprintf(err, errlen, "too many query files in %s",
+                     c->cfg.sql_dir);
+            closedir(d);
+            return -1;
+        }
+        snprintf(path, sizeof path, "%s/%s", c->cfg.sql_dir, n);
+        f = fopen(path, "r");
+        if (f == NULL) {
+            snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+            closedir(d);
+            return -1;
+        }
+        while ((got = fread(chunk, 1, sizeof chunk, f)) > 0)
+            util_buf_append(&text, chunk, got);
+        fclose(f);
+        c->q[c->nq] = collector_query_parse(n, text.data ? text.data : "",
+                                            err, errlen);
+        util_buf_free(&text);
+        if (c->q[c->nq] == NULL) {
+            closedir(d);
+            return -1;
+        }
+        c->nq++;
+    }
+    closedir(d);
+    qsort(c->q, (size_t)c->nq, sizeof c->q[0], collector_cmp_query);
+    for (i = 0; i < c->nq; i++)
+        for (j = i + 1; j < c->nq; j++)
+            if (strcmp(c->q[i]->name, c->q[j]->name) == 0) {
+                snprintf(err, errlen, "%s and %s both define %s",
+                         c->q[i]->file, c->q[j]->file, c->q[i]->name);
+                return -1;
+            }
+    return 0;
+}
+
+/* Joins every query's last samples, with HELP and TYPE, into one text. */
+static void collector_publish(struct collector *c)
+{
+    struct util_buf b = { 0 };
+    int i;
+
+    for (i = 0; i < c->nq; i++) {
+        struct collector_query *q = c->q[i];
+        const char *h;
+        util_buf_printf(&b, "# HELP %s ", q->name);
+        for (h = q->help; *h; h++) {
+            if (*h == '\\')
+                util_buf_puts(&b, "\\\\");
+            else
+                util_buf_append(&b, h, 1);
+        }
+        util_buf_printf(&b, "\n# TYPE %s %s\n", q->name, q->type);
+        if (q->text)
+            util_buf_puts(&b, q->text);
+    }
+    metrics_set_snapshot(util_buf_steal(&b));
+}
+
+static void collector_run_one(struct collector *c, struct store *s,
+                              struct collector_query *q)
+{
+    struct store_rows rows;
+    struct util_buf b = { 0 };
+    char err[256];
+    int64_t t0 = util_mono_ns();
+    double secs;
+    int rc;
+
+    rc = store_query_rows(s, q->sql, c->cfg.timeout_ms, &rows);
+    secs = (double)(util_mono_ns() - t0) / 1e9;
+    metrics_gauge_set(q->m_duration, secs);
+    if (rc == STORE_OK &&
+        collector_render(q, &rows, &b, err, sizeof err) == 0) {
+        free(q->text);
+        q->text = util_buf_steal(&b);
+        metrics_gauge_set(q->m_last_success, (double)util_now_ms() / 1000.0);
+    } else {
+        util_buf_free(&b);
+        free(q->text);
+        q->text = NULL;           /* a failed query shows no stale value */
+        metrics_counter_inc(q->m_errors);
+        log_event(LOG_WARN, "collector_error", NULL,
+                  LOG_STR("query", q->name),
+                  LOG_STR("error", rc == STORE_OK ? err : store_errstr(s)),
+                  LOG_DBL("duration_ms", secs * 1000), LF_END);
+    }
+    store_rows_clear(&rows);
+}
+
+static void *collector_main(void *arg)
+{
+    struct collector *c = arg;
+    char err[256];
+    struct store *s = NULL;
+    int64_t interval = (int64_t)c->cfg.interval_ms * 1000000;
+    int i;
+
+    for (;;) {
+        int64_t now = util_mono_ns(), next = INT64_MAX;
+        struct timespec ts;
+        int ran = 0;
+
+        if (s == NULL) {
+            s = store_open(c->db_url, err, sizeof err);
+            if (s == NULL)
+                log_event(LOG_WARN, "collector_error", NULL,
+                          LOG_STR("query", "connect"), LOG_STR("error", err),
+                          LF_END);
+        }
+        for (i = 0; i < c->nq && s; i++) {
+            struct collector_query *q = c->q[i];
+            if (q->next_ns > now)
+                continue;
+            collector_run_one(c, s, q);
+            ran = 1;
+            /* The next run is an interval after this one ended: a slow
+             * query delays itself, it never overlaps or bunches up. */
+            q->next_ns = util_mono_ns() + interval;
+            pthread_mutex_lock(&c->lock);
+            if (c->stopping) {
+                pthread_mutex_unlock(&c->lock);
+                goto out;
+            }
+            pthread_mutex_unlock(&c->lock);
+        }
+        if (ran)
+            collector_publish(c);
+        for (i = 0; i < c->nq; i++)
+            if (c->q[i]->next_ns < next)
+                next = c->q[i]->next_ns;
+        if (s == NULL || next == INT64_MAX)
+            next = util_mono_ns() + interval;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        {
+            int64_t wait = next - util_mono_ns();
+            if (wait < 0)
+                wait = 0;
+            ts.tv_sec += wait / 1000000000;
+            ts.tv_nsec += wait % 1000000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+        }
+        pthread_mutex_lock(&c->lock);
+        if (!c->stopping)
+            pthread_cond_timedwait(&c->cond, &c->lock, &ts);
+        if (c->stopping) {
+            pthread_mutex_unlock(&c->lock);
+            break;
+        }
+        pthread_mutex_unlock(&c->lock);
+    }
+out:
+    store_close(s);
+    return NULL;
+}
+
+static void collector_register(struct collector *c)
+{
+    int i;
+
+    if (collector_m_duration == NULL) {
+        static const char *const lq[] = { "query", NULL };
+        collector_m_duration = metrics_gauge_new(
+            "chat_collector_query_duration_seconds",
+            "How long the collector's last run of each query took.", lq);
+        collector_m_errors = metrics_counter_new(
+            "chat_collector_query_errors_total",
+            "Collector query runs that failed (their samples are dropped).",
+            lq);
+        collector_m_last_success = metrics_gauge_new(
+            "chat_collector_last_success_timestamp_seconds",
+            "When each collector query last succeeded (Unix time).", lq);
+    }
+    for (i = 0; i < c->nq; i++) {
+        const char *v[] = { c->q[i]->name };
+        c->q[i]->m_duration = metrics_child(collector_m_duration, v);
+        c->q[i]->m_errors = metrics_child(collector_m_errors, v);
+        c->q[i]->m_last_success = metrics_child(collector_m_last_success, v);
+    }
+}
+
+struct collector *collector_start(const struct collector_config *cfg,
+                                  char *err, size_t errlen)
+{
+    struct collector *c = xcalloc(1, sizeof *c);
+    const char *kind = store_kind(cfg->db_url);
+    int64_t now = util_mono_ns(), interval;
+    int i;
+
+    c->cfg = *cfg;
+    c->db_url = xstrdup(cfg->db_url);
+    if (collector_load(c, kind ? kind : "sqlite", err, errlen) != 0) {
+        collector_stop(c);
+        return NULL;
+    }
+    collector_register(c);
+    /* First runs spread over the first interval, so that start-up does
+     * not send every query to the database at once. */
+    interval = (int64_t)cfg->interval_ms * 1000000;
+    for (i = 0; i < c->nq; i++)
+        c->q[i]->next_ns = now + (c->nq > 1 ? interval / 4 * i / c->nq : 0);
+    collector_publish(c);
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->cond, NULL);
+    if (pthread_create(&c->thread, NULL, collector_main, c) != 0) {
+        snprintf(err, errlen, "cannot start the collector thread");
+        collector_stop(c);
+        return NULL;
+    }
+    c->cfg.db_url = c->db_url;
+    return c;
+}
+
+void collector_stop(struct collector *c)
+{
+    int i;
+
+    if (c == NULL)
+        return;
+    if (c->thread) {
+        pthread_mutex_lock(&c->lock);
+        c->stopping = 1;
+        pthread_cond_signal(&c->cond);
+        pthread_mutex_unlock(&c->lock);
+        pthread_join(c->thread, NULL);
+        pthread_mutex_destroy(&c->lock);
+        pthread_cond_destroy(&c->cond);
+    }
+    for (i = 0; i < c->nq; i++)
+        collector_query_free(c->q[i]);
+    free(c->db_url);
+    free(c);
+}
