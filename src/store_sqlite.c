@@ -1040,11 +1040,13 @@ static int store_sqlite_conv_member(struct store *s, int64_t conv_id,
     return member ? STORE_OK : STORE_FORBIDDEN;
 }
 
-static int store_sqlite_conv_member_ids(struct store *s, int64_t conv_id,
-                                        int64_t **ids, size_t *n)
+/* Runs statement sid with one id bound and collects the first column of
+ * every row (caller frees *ids). */
+static int store_sqlite_ids(struct store_sqlite *ss, enum store_sqlite_sid sid,
+                            int64_t id, const char *what, int64_t **ids,
+                            size_t *n)
 {
-    struct store_sqlite *ss = store_sqlite_of(s);
-    sqlite3_stmt *st = store_sqlite_stmt(ss, SS_MEMBER_IDS);
+    sqlite3_stmt *st = store_sqlite_stmt(ss, sid);
     int64_t *v = NULL;
     size_t cnt = 0, cap = 0;
     int rc;
@@ -1053,43 +1055,7 @@ static int store_sqlite_conv_member_ids(struct store *s, int64_t conv_id,
     *n = 0;
     if (st == NULL)
         return STORE_ERR;
-    sqlite3_bind_int64(st, 1, conv_id);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (cnt == cap) {
-            cap = cap ? cap * 2 : 8;
-            v = xrealloc(v, cap * sizeof *v);
-        }
-        v[cnt++] = sqlite3_column_int64(st, 0);
-    }
-    if (rc != SQLITE_DONE) {
-        store_sqlite_fail(ss, "conv_member_ids");
-        sqlite3_reset(st);
-        free(v);
-        return STORE_ERR;
-    }
-    sqlite3_reset(st);
-    /* Every conversation has members: none means it does not exist. */
-    if (cnt == 0)
-        return STORE_NOTFOUND;
-    *ids = v;
-    *n = cnt;
-    return STORE_OK;
-}
-
-static int store_sqlite_user_contacts(struct store *s, int64_t user_id,
-                                      int64_t **ids, size_t *n)
-{
-    struct store_sqlite *ss = store_sqlite_of(s);
-    sqlite3_stmt *st = store_sqlite_stmt(ss, SS_CONTACTS);
-    int64_t *v = NULL;
-    size_t cnt = 0, cap = 0;
-    int rc;
-
-    *ids = NULL;
-    *n = 0;
-    if (st == NULL)
-        return STORE_ERR;
-    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_int64(st, 1, id);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (cnt == cap) {
             cap = cap ? cap * 2 : 16;
@@ -1097,15 +1063,35 @@ static int store_sqlite_user_contacts(struct store *s, int64_t user_id,
         }
         v[cnt++] = sqlite3_column_int64(st, 0);
     }
-    sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
-        store_sqlite_fail(ss, "user_contacts");
+        store_sqlite_fail(ss, what);
+        sqlite3_reset(st);
         free(v);
         return STORE_ERR;
     }
+    sqlite3_reset(st);
     *ids = v;
     *n = cnt;
     return STORE_OK;
+}
+
+static int store_sqlite_conv_member_ids(struct store *s, int64_t conv_id,
+                                        int64_t **ids, size_t *n)
+{
+    int rc = store_sqlite_ids(store_sqlite_of(s), SS_MEMBER_IDS, conv_id,
+                              "conv_member_ids", ids, n);
+
+    /* Every conversation has members: none means it does not exist. */
+    if (rc == STORE_OK && *n == 0)
+        return STORE_NOTFOUND;
+    return rc;
+}
+
+static int store_sqlite_user_contacts(struct store *s, int64_t user_id,
+                                      int64_t **ids, size_t *n)
+{
+    return store_sqlite_ids(store_sqlite_of(s), SS_CONTACTS, user_id,
+                            "user_contacts", ids, n);
 }
 
 static int store_sqlite_history(struct store *s, int64_t conv_id,
