@@ -232,10 +232,16 @@ int collector_render(const struct collector_query *q,
             util_buf_puts(b, " NaN\n");
         else if (isinf(d))
             util_buf_puts(b, d > 0 ? " +Inf\n" : " -Inf\n");
-        else if (d == floor(d) && fabs(d) < 9e15)
+        else if (d == floor(d) && fabs(d) < 1e19)
             util_buf_printf(b, " %.0f\n", d);
-        else
-            util_buf_printf(b, " %.17g\n", d);
+        else {
+            /* The shortest form that reads back as the same double. */
+            char num[40];
+            snprintf(num, sizeof num, "%.15g", d);
+            if (strtod(num, NULL) != d)
+                snprintf(num, sizeof num, "%.17g", d);
+            util_buf_printf(b, " %s\n", num);
+        }
     }
     return 0;
 }
@@ -441,6 +447,8 @@ static void collector_register(struct collector *c)
 {
     int i;
 
+    /* Looked up each time: the registry may have been reset (tests). */
+    collector_m_duration = metrics_find("chat_collector_query_duration_seconds");
     if (collector_m_duration == NULL) {
         static const char *const lq[] = { "query", NULL };
         collector_m_duration = metrics_gauge_new(
@@ -453,6 +461,10 @@ static void collector_register(struct collector *c)
         collector_m_last_success = metrics_gauge_new(
             "chat_collector_last_success_timestamp_seconds",
             "When each collector query last succeeded (Unix time).", lq);
+    } else {
+        collector_m_errors = metrics_find("chat_collector_query_errors_total");
+        collector_m_last_success =
+            metrics_find("chat_collector_last_success_timestamp_seconds");
     }
     for (i = 0; i < c->nq; i++) {
         const char *v[] = { c->q[i]->name };

@@ -192,8 +192,11 @@ static void *worker_thread_main(void *arg)
             worker_log_slow(p, first, util_mono_ns() - t0, n);
             worker_sink_put(p->sink, first, last);
         } else {
+            /* A job handed on belongs to another pool the moment run
+             * returns: account for it with a copy of its fields. */
+            struct job copy = *first;
             int rc = first->run(first, s);
-            worker_log_slow(p, first, util_mono_ns() - t0, n);
+            worker_log_slow(p, &copy, util_mono_ns() - t0, n);
             if (rc == WORKER_DONE)
                 worker_sink_put(p->sink, first, first);
         }
