@@ -1559,6 +1559,56 @@ static int store_pg_conv_member_ids(struct store *s, int64_t conv_id,
     return STORE_OK;
 }
 
+/* Runs sql, one read-only statement, in a READ ONLY transaction with its
+ * own statement_timeout (the collector's queries). */
+static int store_pg_query_rows(struct store *s, const char *sql,
+                               int timeout_ms, struct store_rows *out)
+{
+    struct store_pg *sp = store_pg_of(s);
+    char set[64];
+    PGresult *res;
+    size_t r, c;
+
+    if (store_pg_ready(sp) != STORE_OK)
+        return STORE_ERR;
+    snprintf(set, sizeof set, "SET LOCAL statement_timeout = %d", timeout_ms);
+    res = PQexec(sp->conn, "BEGIN READ ONLY");
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        goto fail;
+    PQclear(res);
+    res = PQexec(sp->conn, set);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        goto fail;
+    PQclear(res);
+    /* The extended protocol runs exactly one statement. */
+    res = PQexecParams(sp->conn, sql, 0, NULL, NULL, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        goto fail;
+    out->nrows = (size_t)PQntuples(res);
+    out->ncols = (size_t)PQnfields(res);
+    out->cells = xcalloc(out->nrows * out->ncols + 1, sizeof *out->cells);
+    for (r = 0; r < out->nrows; r++)
+        for (c = 0; c < out->ncols; c++)
+            if (!PQgetisnull(res, (int)r, (int)c))
+                out->cells[r * out->ncols + c] =
+                    xstrdup(PQgetvalue(res, (int)r, (int)c));
+    PQclear(res);
+    res = PQexec(sp->conn, "COMMIT");
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        goto fail;
+    PQclear(res);
+    return STORE_OK;
+fail:
+    store_pg_fail(sp, "query_rows", res);
+    PQclear(res);
+    store_rows_clear(out);
+    if (store_pg_conn_lost(sp))
+        store_pg_drop(sp);
+    else
+        PQclear(PQexec(sp->conn, "ROLLBACK"));
+    return STORE_ERR;
+}
+
 static int store_pg_user_contacts(struct store *s, int64_t user_id,
                                   int64_t **ids, size_t *n)
 {
@@ -2443,6 +2493,7 @@ static const struct store_ops store_pg_ops = {
     .conv_member = store_pg_conv_member,
     .conv_member_ids = store_pg_conv_member_ids,
     .user_contacts = store_pg_user_contacts,
+    .query_rows = store_pg_query_rows,
     .history = store_pg_history,
     .send_batch = store_pg_send_batch,
     .read_marker = store_pg_read_marker,

@@ -1,0 +1,2 @@
+-- chatd:no-transaction
+DROP INDEX CONCURRENTLY IF EXISTS messages_created_at;
