@@ -2,7 +2,8 @@
 # Installs the Debian 12 packages chatd needs, and only those missing.
 #
 #   scripts/deps.sh build   what building and running chatd needs
-#   scripts/deps.sh test    that, plus the servers and tools the tests use
+#   scripts/deps.sh test    that, plus the servers and tools the tests use,
+#                           and playwright-core in tests/e2e/node_modules
 #
 # Each package is looked up with dpkg-query first, so when everything is
 # there apt is not touched at all (no `apt-get update`, no root needed);
@@ -16,10 +17,14 @@ DEPS_BUILD=(
 	libhiredis-dev libcrypt-dev libssl-dev check
 )
 # postgresql and redis-server for the throwaway servers, prometheus for
-# promtool, python3 with pytest and websockets for the integration tests.
+# promtool, python3 with pytest and websockets for the integration tests,
+# chromium (driven by playwright-core from npm, which never downloads a
+# browser of its own) and an emoji font for the browser tests. Node.js and
+# npm come from Debian when there is no node at all (see deps_node).
 DEPS_TEST=(
 	postgresql redis-server prometheus
 	python3 python3-pytest python3-websockets curl
+	chromium fonts-noto-color-emoji
 )
 
 deps_usage() {
@@ -29,6 +34,47 @@ deps_usage() {
 
 deps_installed() {
 	[[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]
+}
+
+# npm as a command line: the one on PATH, else the copy some Node.js
+# packages carry without linking it; nothing if there is neither.
+deps_npm_cmd() {
+	local cli=/usr/lib/node_modules/npm/bin/npm-cli.js
+	if command -v npm >/dev/null 2>&1; then
+		echo npm
+	elif command -v node >/dev/null 2>&1 && [[ -f "$cli" ]]; then
+		echo "node $cli"
+	fi
+}
+
+# The Debian packages Node.js still needs. A node from elsewhere (another
+# repository's nodejs package) is used as it is: Debian's npm would conflict.
+deps_node() {
+	if ! command -v node >/dev/null 2>&1; then
+		echo nodejs npm
+	elif [[ -z "$(deps_npm_cmd)" ]]; then
+		echo npm
+	fi
+}
+
+# Installs the browser tests' npm packages from the committed lock file,
+# when they are missing or older than it. The lock pins playwright-core,
+# which drives the system's chromium and downloads nothing else.
+deps_e2e_modules() {
+	local dir=tests/e2e npm
+	[[ -f "$dir/node_modules/playwright-core/package.json" &&
+		! "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]] && return 0
+	npm=$(deps_npm_cmd)
+	[[ -n "$npm" ]] || {
+		echo "deps.sh: no npm to install $dir/node_modules with" >&2
+		exit 1
+	}
+	echo "deps.sh: npm ci in $dir" >&2
+	# shellcheck disable=SC2086 # "node <cli>" is two words on purpose
+	(cd "$dir" && $npm ci --no-audit --no-fund --loglevel=error) || {
+		echo "deps.sh: npm ci in $dir failed" >&2
+		exit 1
+	}
 }
 
 [[ $# -eq 1 ]] || deps_usage
@@ -44,11 +90,18 @@ command -v dpkg-query >/dev/null 2>&1 || {
 	exit 1
 }
 
+cd "$(dirname "$0")/.."
+
 deps_missing=()
 for deps_pkg in "${deps_wanted[@]}"; do
 	deps_installed "$deps_pkg" || deps_missing+=("$deps_pkg")
 done
+if [[ "$1" == test ]]; then
+	# shellcheck disable=SC2207 # plain package names
+	deps_missing+=($(deps_node))
+fi
 if [[ ${#deps_missing[@]} -eq 0 ]]; then
+	[[ "$1" == test ]] && deps_e2e_modules
 	exit 0
 fi
 
@@ -75,3 +128,6 @@ for deps_pkg in "${deps_missing[@]}"; do
 		exit 1
 	}
 done
+if [[ "$1" == test ]]; then
+	deps_e2e_modules
+fi

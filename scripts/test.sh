@@ -12,7 +12,10 @@
 #  3. build/: an out-of-tree build with -Werror, then `make check`;
 #  4. build-asan/: the same with ASan and UBSan, leaks detected, any
 #     report fatal;
-#  5. build/: `make distcheck`, which proves the tarball builds and passes.
+#  5. the browser tests (tests/e2e/run-e2e.sh): headless Chromium drives
+#     the web client against build/chatd on its own SQLite file; the
+#     screenshots stay in build/e2e-artifacts;
+#  6. build/: `make distcheck`, which proves the tarball builds and passes.
 # Every step runs even when an earlier one failed, so one run shows all
 # that is broken. The servers are emptied before each test run.
 #
@@ -166,6 +169,27 @@ test_build() {
 	test_built+=("$name")
 }
 
+# The browser tests, one suite, against the chatd of build/.
+test_e2e() {
+	local dir="$test_root/build" rc n
+	if [[ " ${test_built[*]} " != *" build "* ]]; then
+		test_record FAIL "e2e: browser tests (not run: build/ did not build)"
+		return
+	fi
+	test_step "e2e: browser tests in headless Chromium (tests/e2e/run-e2e.sh)"
+	(cd "$test_root" && test_run_logged "$dir/e2e.out" \
+		env CHATD_E2E_ARTIFACTS="$dir/e2e-artifacts" \
+		tests/e2e/run-e2e.sh "$dir/chatd")
+	rc=$?
+	n=$(sed -n 's/^run-e2e.sh: \([0-9]*\) passed, 0 failed.*/\1/p' "$dir/e2e.out")
+	if ((rc == 0)) && [[ -n "$n" ]]; then
+		test_record PASS "e2e: browser tests ($n tests; screenshots in build/e2e-artifacts)"
+	else
+		test_record FAIL "e2e: browser tests (exit $rc; screenshots in build/e2e-artifacts)"
+		test_keep_tail "$dir/e2e.out"
+	fi
+}
+
 test_distcheck() {
 	local dir="$test_root/build" rc f
 	test_reset_servers distcheck || return
@@ -238,6 +262,8 @@ TEST_CHECK_ENV=(ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 test_build build-asan --enable-werror --enable-sanitizers
 
 TEST_CHECK_ENV=()
+test_e2e
+
 if [[ " ${test_built[*]} " == *" build "* ]]; then
 	test_distcheck
 else

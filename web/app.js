@@ -61,6 +61,8 @@
     cmidCounter: 0,
     nextLocal: 0,
     suggestTimer: null,
+    early: new Map(),         // conversation_id -> message frames that came
+                              // before the list told of the conversation
   };
 
   // ---------------------------------------------------------------- helpers
@@ -92,8 +94,9 @@
 
   function initials(name) {
     const parts = name.split(/[\s,._-]+/).filter(Boolean);
-    const s = parts.length > 1 ? parts[0][0] + parts[1][0] : name.slice(0, 2);
-    return s.toUpperCase();
+    if (parts.length === 0) return '?';
+    const first = (w) => String.fromCodePoint(w.codePointAt(0));
+    return (parts.length > 1 ? first(parts[0]) + first(parts[1]) : first(parts[0])).toUpperCase();
   }
 
   function fillAvatar(node, name, group) {
@@ -101,7 +104,7 @@
     node.textContent = initials(name);
   }
 
-  const timeFmt = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+  const timeFmt = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit' });
   const dayFmt = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric' });
   const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: 'full', timeStyle: 'short' });
 
@@ -175,6 +178,7 @@
     $('account').hidden = true;
     $('conn').hidden = true;
     $('auth-screen').hidden = false;
+    document.body.classList.remove('signed-in');
     $('auth-error').textContent = message || '';
     document.title = 'chatd';
     $('username').focus();
@@ -183,6 +187,7 @@
   function showApp() {
     $('auth-screen').hidden = true;
     $('app-screen').hidden = false;
+    document.body.classList.add('signed-in');
     $('account').hidden = false;
     $('conn').hidden = false;
     $('whoami').textContent = state.me.username;
@@ -262,6 +267,9 @@
 
   async function onLogout() {
     $('logout').disabled = true;
+    // Closed first, so that the server's closing of it does not look like
+    // a dropped connection to reconnect.
+    closeSocket();
     try {
       await api('POST', '/api/logout');
     } catch (e) {
@@ -282,13 +290,14 @@
   function leaveApp() {
     state.me = null;
     closeSocket();
-    setConn('offline');
     for (const p of state.pending.values()) clearTimeout(p.timer);
     state.pending.clear();
     for (const c of state.convs.values()) clearTyping(c);
     state.convs.clear();
+    state.early.clear();
     state.online.clear();
     state.openId = null;
+    setConn('offline');
     $('conv-list').replaceChildren();
     $('messages').replaceChildren();
     $('chat-view').hidden = true;
@@ -343,7 +352,9 @@
     return c.members.filter((m) => m.user_id !== state.me.user_id);
   }
 
+  // While the page is not connected it cannot know who is online.
   function onlineOthers(c) {
+    if (state.conn !== 'online') return [];
     return others(c).filter((m) => state.online.get(m.user_id));
   }
 
@@ -406,6 +417,12 @@
       }
       c.activity = Math.max(c.activity, item.rank);
       if (c.loaded && c.lastSeq > c.maxSeq) fillGap(c);
+    }
+    for (const [id, frames] of state.early) {
+      const c = state.convs.get(id);
+      if (!c) continue;
+      state.early.delete(id);
+      for (const m of frames) acceptMessage(c, m, true);
     }
     if (state.openId !== null && isReading()) markRead(state.convs.get(state.openId));
     renderList();
@@ -658,7 +675,9 @@
     fillAvatar($('chat-avatar'), name, c.kind === 'group');
     const sub = $('chat-sub');
     const on = onlineOthers(c);
-    if (c.kind === 'direct') {
+    if (c.kind === 'direct' && state.conn !== 'online') {
+      sub.textContent = '';
+    } else if (c.kind === 'direct') {
       sub.textContent = on.length ? 'Online' : 'Offline';
       sub.className = on.length ? 'online-text' : 'muted';
     } else {
@@ -1141,6 +1160,10 @@
     const c = state.convs.get(m.conversation_id);
     if (!c) {
       // Someone started a conversation with us: the list tells its members.
+      // Frames that arrive meanwhile are kept, since the list may have been
+      // read before they were stored.
+      if (!state.early.has(m.conversation_id)) state.early.set(m.conversation_id, []);
+      state.early.get(m.conversation_id).push(m);
       loadConversations();
       return;
     }
@@ -1188,6 +1211,7 @@
   // ------------------------------------------------------------ WebSocket
 
   function setConn(s, detail) {
+    const prev = state.conn;
     state.conn = s;
     const box = $('conn');
     box.dataset.state = s;
@@ -1199,6 +1223,7 @@
     }[s];
     $('conn-text').textContent = detail || text;
     $('conn-retry').hidden = s !== 'reconnecting';
+    if (state.me && s !== prev) renderList();
     // What waits for the connection says so.
     const c = state.convs.get(state.openId);
     if (c && Array.from(state.pending.values()).some((p) => p.convId === c.id)) renderMessages({});

@@ -41,6 +41,8 @@ function step(name, fn) {
     try {
       await fn();
     } catch (e) {
+      const why = chatd && chatd.unexpectedEnd();
+      if (why) e.message = why + '; ' + e.message;
       const slug = name.replace(/[^a-z0-9]+/gi, '-').slice(0, 40);
       for (const [label, page] of pages) {
         if (!page.isClosed()) await shot(page, 'FAILED-' + slug + '-' + label).catch(() => {});
@@ -177,9 +179,12 @@ describe('the chatd browser client', () => {
   });
 
   step('alice sees bob typing, and the indicator goes away', async () => {
-    await bob.locator('#body').pressSequentially('I am typing something long', { delay: 20 });
-    await alice.locator('#typing', { hasText: 'bob is typing…' }).waitFor({ timeout: 5000 });
+    // Typing at a person's pace, for longer than the server's 2 s throttle
+    // (bob's last message counted as typing too).
+    const typing = bob.locator('#body').pressSequentially('I am typing something long, slowly', { delay: 100 });
+    await alice.locator('#typing', { hasText: 'bob is typing…' }).waitFor({ timeout: 6000 });
     await convItem(alice, 'bob').locator('.typing-preview').waitFor();
+    await typing;
     await shot(alice, '04-typing');
     await bob.locator('#body').fill('');
     await eventually(async () => {
@@ -246,7 +251,9 @@ describe('the chatd browser client', () => {
     // bob is reading alice's conversation: the group appears with its count.
     const item = convItem(bob, 'Book club');
     await item.locator('.badge', { hasText: '99+' }).waitFor({ timeout: 15000 });
-    assert.match(await item.locator('button').getAttribute('aria-label'), /130 unread/);
+    await eventually(async () => {
+      assert.match(await item.locator('button').getAttribute('aria-label'), /, 130 unread,/);
+    }, 10000, 'the unread count to reach 130');
     await shot(bob, '05-conversation-list-group');
 
     await item.locator('button').click();
@@ -269,6 +276,27 @@ describe('the chatd browser client', () => {
     const all = await bodies(bob);
     assert.deepEqual(all, Array.from({ length: 130 }, (_, i) => 'Chapter ' + (i + 1)));
     assert.equal(await item.locator('.badge').count(), 0);
+  });
+
+  step('alice starts a named group by usernames; an unknown name is refused', async () => {
+    await alice.getByLabel('Start a conversation').fill('nobody_here');
+    await alice.getByRole('button', { name: 'Start' }).click();
+    await alice.locator('#new-error', { hasText: 'nobody_here' }).waitFor();
+
+    await alice.getByLabel('Start a conversation').fill('bob, carol');
+    await alice.getByLabel('Group name (optional)').fill('Weekend plans');
+    await alice.getByRole('button', { name: 'Start' }).click();
+    await alice.locator('#chat-title', { hasText: 'Weekend plans' }).waitFor();
+    assert.match(await alice.locator('#chat-sub').textContent(), /you, bob, carol/);
+    await alice.locator('#history-start', { hasText: 'No messages yet' }).waitFor();
+    await sendText(alice, 'Hike on Saturday?');
+    await alice.locator('#messages li.msg.mine[data-status="sent"]', { hasText: 'Hike on Saturday?' }).waitFor();
+
+    const item = convItem(bob, 'Weekend plans');
+    await item.locator('.badge', { hasText: /^1$/ }).waitFor();
+    assert.equal(await item.locator('.conv-preview').textContent(), 'alice: Hike on Saturday?');
+    await convItem(alice, 'bob').locator('button').click();
+    await alice.locator('#chat-title', { hasText: 'bob' }).waitFor();
   });
 
   step('a message refused by the server is shown as failed and sent again by Retry', async () => {
@@ -325,34 +353,38 @@ describe('the chatd browser client', () => {
     await bob.locator('#chat-title', { hasText: 'alice' }).waitFor();
     const N = 24;
     const want = Array.from({ length: N }, (_, i) => 'Crash test ' + (i + 1));
-    let sawReconnecting = false;
+    const crash = async (page) => (await bodies(page)).filter((b) => b.startsWith('Crash test'));
 
     for (let i = 0; i < N; i++) {
       await sendText(alice, want[i]);
       await sleep(120);
       if (i === 7) {
+        // SIGKILL with messages in flight. bob's network goes away too, so
+        // that what alice sends again after the restart reaches him only
+        // through the sync of his reconnect.
         await chatd.kill();
+        await bob.context().setOffline(true);
         await eventually(async () => {
           assert.notEqual(await bob.locator('#conn').getAttribute('data-state'), 'online');
         }, 5000, 'bob to notice the lost connection');
-        sawReconnecting = true;
         await shot(bob, '08-reconnecting');
       }
       if (i === 15) await chatd.start();
     }
-    assert.ok(sawReconnecting);
 
     await waitOnline(alice);
-    await waitOnline(bob);
     await eventually(async () => {
       assert.equal(await alice.locator('#messages li.msg.pending, #messages li.msg.failed').count(), 0);
     }, 40000, 'every message of alice to be acknowledged');
-    const mine = (await bodies(alice)).filter((b) => b.startsWith('Crash test'));
-    assert.deepEqual(mine, want, 'alice sees each of her messages once, in order');
+    assert.deepEqual(await crash(alice), want, 'alice sees each of her messages once, in order');
+    const before = await crash(bob);
+    assert.ok(before.length < N, 'bob, offline, has not seen them all yet (' + before.length + ')');
+    assert.notEqual(await bob.locator('#conn').getAttribute('data-state'), 'online');
 
+    await bob.context().setOffline(false);
+    await waitOnline(bob);
     await eventually(async () => {
-      const seen = (await bodies(bob)).filter((b) => b.startsWith('Crash test'));
-      assert.deepEqual(seen, want);
+      assert.deepEqual(await crash(bob), want);
     }, 30000, 'bob to see every acknowledged message exactly once');
 
     const r = await bob.evaluate(async (id) => {
@@ -411,8 +443,9 @@ describe('the chatd browser client', () => {
     await bob.locator('#chat-sub', { hasText: 'Offline' }).waitFor({ timeout: 10000 });
   });
 
-  step('no page had an uncaught error or a policy violation', async () => {
+  step('no page had an uncaught error or a policy violation; chatd stayed up', async () => {
     assert.deepEqual(pageErrors, []);
+    assert.equal(chatd.unexpectedEnd(), null);
     console.log('# screenshots in ' + path.resolve(artifacts));
   });
 });

@@ -96,7 +96,12 @@ class Chatd {
     fs.closeSync(log);
     const proc = this.proc;
     let exited = null;
-    proc.once('exit', (code, sig) => { exited = code !== null ? 'exit ' + code : 'signal ' + sig; });
+    this.ended = null;
+    proc.once('exit', (code, sig) => {
+      exited = code !== null ? 'exit ' + code : 'signal ' + sig;
+      // A kill or stop by the tests clears this.proc first.
+      if (this.proc === proc) this.ended = exited;
+    });
     await eventually(async () => {
       if (exited) throw new Error('chatd ended at start (' + exited + '), see ' + this.logPath);
       const r = await fetch(this.base + '/health');
@@ -110,13 +115,14 @@ class Chatd {
     const proc = this.proc;
     if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
     const gone = new Promise((r) => proc.once('exit', r));
+    this.proc = null;
     proc.kill('SIGKILL');
     await gone;
-    this.proc = null;
   }
 
   async stop() {
     const proc = this.proc;
+    this.proc = null;
     if (proc && proc.exitCode === null && proc.signalCode === null) {
       const gone = new Promise((r) => proc.once('exit', r));
       proc.kill('SIGTERM');
@@ -124,8 +130,12 @@ class Chatd {
       await gone;
       clearTimeout(t);
     }
-    this.proc = null;
     fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  // Why chatd is not running when nobody stopped it, or null.
+  unexpectedEnd() {
+    return this.ended ? 'chatd ended by itself (' + this.ended + '), see ' + this.logPath : null;
   }
 
   // A JSON call to the HTTP API, for setting up data around the browsers.

@@ -183,3 +183,52 @@ def test_sigterm_closes_sockets_with_1001_and_exits_0(tmp_dir):
     assert acks, "nothing acked before the shutdown"
     assert again.stop() == 0
 
+
+
+def test_full_store_queue_answers_busy_and_stores_nothing(tmp_dir):
+    # a tiny queue, and many sends at once: the ones that do not fit are
+    # refused with busy (not stored), every other one is acked and stored
+    proc = ChatdProcess(tmp_dir, args=["--store-queue", "16"])
+    proc.start()
+    c = proc.client()
+    users = [c.new_user("dq") for _ in range(30)]
+    cid = c.conversation(users[0], *users[1:]).json["conversation_id"]
+    each = 60
+    answers = {}
+
+    async def one(u, i):
+        s = await connect(proc, u.token)
+        cmids = ["q%d-%d-%s" % (i, n, new_cmid()) for n in range(each)]
+        for cmid in cmids:
+            await s.send({"type": "send", "conversation_id": cid,
+                          "body": "q", "client_msg_id": cmid})
+        left = set(cmids)
+        while left:
+            f = await s.recv(timeout=30.0)
+            key = f.get("client_msg_id") if f["type"] == "ack" else (
+                f.get("ref") if f["type"] == "error" else None)
+            if key in left:
+                left.discard(key)
+                answers[key] = f
+            else:
+                assert f["type"] in ("message", "presence"), f
+        await s.close()
+
+    async def go():
+        await asyncio.gather(*(one(u, i) for i, u in enumerate(users)))
+
+    run(go(), timeout=120)
+    acked = {k for k, f in answers.items() if f["type"] == "ack"}
+    busy = {k for k, f in answers.items() if f["type"] == "error"}
+    for k in busy:
+        assert answers[k]["code"] == "busy", answers[k]
+    assert len(acked) + len(busy) == len(users) * each
+    assert busy, "a queue of 16 took %d sends at once" % len(acked)
+    stored = {m["client_msg_id"] for m in all_history(c, users[0], cid)}
+    assert stored == acked
+    # a busy send, sent again, goes through
+    k = sorted(busy)[0]
+    i = int(k[1:].split("-")[0])
+    r = c.send(users[i], cid, "q", k)
+    assert r.status == 201, r
+    assert proc.stop() == 0

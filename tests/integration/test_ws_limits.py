@@ -29,7 +29,7 @@ def raw_user(client, server, stem):
     return user, ws
 
 
-# -- size ----------------------------------------------------------------------
+# -- size ---------------------------------------------------------------------
 
 def test_frame_over_64k_closes_1009(client, server):
     _, ws = raw_user(client, server, "lbig")
@@ -105,7 +105,7 @@ def test_fragmented_frame_is_reassembled(client, server):
         ws.close()
 
 
-# -- UTF-8 ----------------------------------------------------------------------
+# -- UTF-8 --------------------------------------------------------------------
 
 def test_invalid_utf8_closes_1007(client, server):
     bad_texts = [
@@ -159,7 +159,7 @@ def test_binary_frame_is_an_error_not_a_close(client, server):
         ws.close()
 
 
-# -- bad frames -------------------------------------------------------------------
+# -- bad frames ---------------------------------------------------------------
 
 def test_tenth_bad_frame_closes_1008(client, server):
     user = client.new_user("lbad")
@@ -205,7 +205,7 @@ def test_bad_frame_count_is_per_connection(client, server):
     run(go())
 
 
-# -- rate limit -------------------------------------------------------------------
+# -- rate limit ---------------------------------------------------------------
 
 def test_flood_over_the_rate_limit_closes_1008(client, server):
     user = client.new_user("lflood")
@@ -227,7 +227,7 @@ def test_flood_over_the_rate_limit_closes_1008(client, server):
         limited = [f for f in s.backlog if f.get("type") == "error"]
         assert limited, "no rate_limited error before the close"
         for f in limited:
-            check_error(f, "rate_limited", ref="ping")
+            check_error(f, "rate_limited")
         # a burst of 100 (plus what 20/s refilled meanwhile) got through;
         # the rest was refused, not processed
         assert 90 <= len(pongs) <= 100 + 20 * elapsed + 5, (len(pongs),
@@ -259,7 +259,7 @@ def test_rate_limit_is_shared_by_a_users_sockets(client, server):
         pongs = [f for f in answers if f["type"] == "pong"]
         limited = [f for f in answers if f["type"] == "error"]
         for f in limited:
-            check_error(f, "rate_limited", ref="ping")
+            check_error(f, "rate_limited")
         # one bucket of 100 for both sockets, not 100 each
         assert len(pongs) <= 100 + 20 * elapsed + 5, (len(pongs), elapsed)
         assert len(limited) >= 140 - (100 + 20 * elapsed + 5)
@@ -273,6 +273,34 @@ def test_rate_limit_is_shared_by_a_users_sockets(client, server):
         await asyncio.gather(a.close(), b.close(), o.close())
 
     run(go(), timeout=30)
+
+
+def test_rate_limited_error_names_the_refused_frame(client, server):
+    user = client.new_user("lref")
+    peer = client.new_user("lpeer")
+    cid = client.conversation(user, peer).json["conversation_id"]
+    ws = RawWs.to(server).open(user.token)
+    try:
+        # the burst and then some, a send and a ping, in one write: the
+        # last two come when the bucket is empty
+        cmid = new_cmid("limited")
+        ping = json.dumps({"type": "ping"}).encode()
+        data = b"".join(RawWs.encode(OP_TEXT, ping) for _ in range(130))
+        data += RawWs.encode(OP_TEXT, json.dumps(
+            {"type": "send", "conversation_id": cid, "body": "refused",
+             "client_msg_id": cmid}).encode())
+        data += RawWs.encode(OP_TEXT, ping)
+        ws.sock.sendall(data)
+        answers = [ws.expect(lambda f: True) for _ in range(132)]
+        assert sum(f["type"] == "pong" for f in answers[:130]) >= 90
+        # a refused send names its client_msg_id, so the client knows
+        # which one to retry; a refused ping names its type
+        check_error(answers[130], "rate_limited", ref=cmid)
+        check_error(answers[131], "rate_limited", ref="ping")
+    finally:
+        ws.close()
+    # the refused send was not stored
+    assert client.history(peer, cid).json["messages"] == []
 
 
 def test_steady_rate_under_the_limit_is_served(client, server):
@@ -296,7 +324,7 @@ def test_steady_rate_under_the_limit_is_served(client, server):
     run(go(), timeout=30)
 
 
-# -- a client that never reads ----------------------------------------------------
+# -- a client that never reads ------------------------------------------------
 
 def test_client_that_never_reads_is_dropped(client, server):
     reader = client.new_user("lslow")

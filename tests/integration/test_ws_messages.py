@@ -33,7 +33,7 @@ async def http(fn, *args, **kw):
     return await asyncio.to_thread(fn, *args, **kw)
 
 
-# -- send and ack --------------------------------------------------------------
+# -- send and ack -------------------------------------------------------------
 
 def test_send_is_acked_after_commit_and_history_has_it(client, server):
     alice, bob, _, cid = trio(client)
@@ -170,7 +170,7 @@ def test_send_errors_store_nothing_and_keep_the_socket(client, server):
     assert history(client, bob, foreign) == []
 
 
-# -- fan-out -------------------------------------------------------------------
+# -- fan-out ------------------------------------------------------------------
 
 def test_message_fans_out_to_other_sessions_and_members(client, server):
     alice, bob, carol, cid = trio(client)
@@ -245,7 +245,7 @@ def test_group_fan_out_reaches_every_member(client, server):
     run(go())
 
 
-# -- read ------------------------------------------------------------------------
+# -- read ---------------------------------------------------------------------
 
 def read_frame(cid, user, seq):
     return {"type": "read", "conversation_id": cid, "user_id": user.user_id,
@@ -342,7 +342,7 @@ def test_read_errors(client, server):
     assert client.conversation_entry(bob, cid)["unread"] == 1
 
 
-# -- typing ------------------------------------------------------------------------
+# -- typing -------------------------------------------------------------------
 
 def test_typing_reaches_the_other_members_once_per_2s(client, server):
     alice, bob, carol, _ = trio(client)
@@ -403,7 +403,7 @@ def test_typing_by_a_non_member_is_an_error(client, server):
     run(go())
 
 
-# -- ping and error frames ---------------------------------------------------------
+# -- ping and error frames ----------------------------------------------------
 
 def test_ping_gets_pong(client, server):
     user = client.new_user("mpi")
