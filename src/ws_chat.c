@@ -158,6 +158,7 @@ static void ws_conn_push(struct ws_conn *c, struct ws_frame *f, int live)
         log_event(LOG_WARN, "ws_slow_consumer", NULL,
                   LOG_INT("user_id", c->user_id), LOG_INT("queued", c->qlen),
                   LOG_INT("queued_bytes", c->qbytes), LF_END);
+        ws_conn_drop_queue(c);     /* it would never be read anyway */
         ws_conn_close(c, 1008, "too slow: not reading");
         /* A client that never reads never makes the socket writable for
          * the close frame either: kill it if it has not gone in 2 s. */
@@ -216,7 +217,10 @@ static void ws_conn_error(struct ws_conn *c, const char *code,
     ws_conn_send_buf(c, &b);
 }
 
-/* Queues a close: the next WRITEABLE sends the close frame. */
+/* Queues a close: what is already queued (acks, errors) is written
+ * first, then the close frame. Frames after this are dropped, and what the
+ * client still sends is read and discarded, so the close frame is not lost
+ * to a reset. */
 static void ws_conn_close(struct ws_conn *c, int code, const char *reason)
 {
     if (c->state == WS_CLOSING)
@@ -225,6 +229,8 @@ static void ws_conn_close(struct ws_conn *c, int code, const char *reason)
     c->close_code = code;
     snprintf(c->close_reason, sizeof c->close_reason, "%s", reason);
     lws_callback_on_writable(c->wsi);
+    /* A client that reads nothing holds up the flush: not for long. */
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 5);
 }
 
 /* ---- fan-out ------------------------------------------------------------- */
@@ -986,6 +992,23 @@ static void ws_bad_frame(struct ws_conn *c, const char *code, const char *ref,
     ws_conn_error(c, code, ref, "%s", why);
 }
 
+/* Answers a frame refused for the rate limit, naming it (its
+ * client_msg_id, else its type) so that the client knows what to resend. */
+static void ws_rate_limited(struct ws_conn *c, const char *text, size_t len)
+{
+    const char *why, *ref = "frame", *v;
+    json_object *o = proto_parse_object(text, len, &why);
+    char copy[4 * PROTO_CLIENT_MSG_ID_MAX + 1];
+
+    if (o && proto_get_string(o, "client_msg_id", &v, NULL) == 0)
+        ref = v;
+    else if (o && proto_get_string(o, "type", &v, NULL) == 0)
+        ref = v;
+    snprintf(copy, sizeof copy, "%s", ref);
+    json_object_put(o);
+    ws_conn_error(c, "rate_limited", copy, "too many frames; slow down");
+}
+
 /* Token bucket: the user's once authenticated, else the socket's own. */
 static int ws_rate_ok(struct ws_chat *wc, struct ws_conn *c)
 {
@@ -1025,8 +1048,7 @@ static void ws_on_message(struct ws_chat *wc, struct ws_conn *c,
             ws_conn_close(c, 1008, "rate limit exceeded");
             return;
         }
-        ws_conn_error(c, "rate_limited", "frame",
-                      "too many frames; slow down");
+        ws_rate_limited(c, text, len);
         return;
     }
     c->limited = 0;
@@ -1156,16 +1178,16 @@ static int ws_receive(struct ws_chat *wc, struct ws_conn *c, void *in,
     struct lws *wsi = c->wsi;
     int first = lws_is_first_fragment(wsi), final = lws_is_final_fragment(wsi);
 
+    if (c->state == WS_CLOSING)
+        return 0;                 /* closing: read and discard */
     if (first)
         c->rx.len = 0;
     if (c->rx.len + len > WS_MSG_MAX) {
         metrics_counter_inc(metrics_child(metrics_ws_frames_rejected,
                                           (const char *[]){ "too_large" }));
-        lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
-                         (unsigned char *)"message too large", 17);
-        c->state = WS_CLOSING;
-        c->close_code = 1009;
-        return -1;
+        util_buf_free(&c->rx);
+        ws_conn_close(c, 1009, "message too large");
+        return 0;
     }
     util_buf_append(&c->rx, in, len);
     if (!final || lws_remaining_packet_payload(wsi) > 0)
@@ -1188,7 +1210,7 @@ static int ws_writeable(struct ws_chat *wc, struct ws_conn *c)
     size_t len;
     int n;
 
-    if (c->state == WS_CLOSING && c->close_code) {
+    if (c->state == WS_CLOSING && c->close_code && c->qlen == 0) {
         lws_close_reason(c->wsi, (enum lws_close_status)c->close_code,
                          (unsigned char *)c->close_reason,
                          strlen(c->close_reason));
@@ -1207,7 +1229,7 @@ static int ws_writeable(struct ws_chat *wc, struct ws_conn *c)
     ws_frame_unref(f);
     if (n < 0)
         return -1;
-    if (c->qlen)
+    if (c->qlen || c->state == WS_CLOSING)
         lws_callback_on_writable(c->wsi);
     else if (c->sync && c->sync->next < c->sync->n)
         ws_chat_sync_next(wc, c);

@@ -154,7 +154,7 @@ def test_sigterm_closes_sockets_with_1001_and_exits_0(tmp_dir):
         for cmid in sent:
             await a.send({"type": "send", "conversation_id": cid,
                           "body": "before the end", "client_msg_id": cmid})
-        await a.expect("ack")             # the writes are under way
+        first = await a.expect("ack")     # the writes are under way
         start = time.monotonic()
         proc.proc.send_signal(signal.SIGTERM)
         codes = await asyncio.gather(a.expect_close(timeout=10.0),
@@ -162,6 +162,7 @@ def test_sigterm_closes_sockets_with_1001_and_exits_0(tmp_dir):
                                      idle.expect_close(timeout=10.0))
         acks = {f["client_msg_id"]: f for f in a.backlog
                 if f.get("type") == "ack"}
+        acks[first["client_msg_id"]] = first   # expect() took it
         return codes, acks, start
 
     codes, acks, start = run(go(), timeout=40)
