@@ -718,8 +718,11 @@ static void ws_done_sync(struct ws_chat *wc, struct ws_conn *c,
     }
     for (i = 0; i < j->nframes; i++)
         ws_conn_push(c, ws_frame_new(j->frames[i], strlen(j->frames[i])), 0);
-    if (sy->next < sy->n)
-        return;                     /* the rest when the queue drains */
+    if (sy->next < sy->n) {
+        if (c->qlen == 0)
+            ws_chat_sync_next(wc, c);
+        return;                     /* else the rest when the queue drains */
+    }
     {
         struct util_buf b = { 0 };
         util_buf_puts(&b, "{\"type\":\"synced\",\"truncated\":[");
@@ -1231,8 +1234,8 @@ static int ws_writeable(struct ws_chat *wc, struct ws_conn *c)
         return -1;
     if (c->qlen || c->state == WS_CLOSING)
         lws_callback_on_writable(c->wsi);
-    else if (c->sync && c->sync->next < c->sync->n)
-        ws_chat_sync_next(wc, c);
+    else if (c->sync && !c->sync->inflight && c->sync->next < c->sync->n)
+        ws_chat_sync_next(wc, c);   /* the next chunk, now the queue is empty */
     return 0;
 }
 
