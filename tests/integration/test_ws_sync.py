@@ -252,3 +252,35 @@ def test_sync_frames_come_in_order_with_synced_last(client, server):
         await b.close()
 
     run(go())
+
+
+def test_sync_larger_than_one_chunk_arrives_whole_and_in_order(client,
+                                                               server):
+    """A sync of more than a MiB of messages is sent in chunks; every
+    message arrives once, in seq order per conversation, then one synced."""
+    alice = client.new_user("sbig")
+    others = [client.new_user("sbo%d" % i) for i in range(3)]
+    body = "x" * 1000
+    cids = []
+    for o in others:
+        cid = client.conversation(alice, o).json["conversation_id"]
+        cids.append(cid)
+
+        def one(i, cid=cid, o=o):
+            r = client.send(o, cid, "%s %d" % (body, i))
+            assert r.status == 201, r
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(one, range(450)))
+
+    async def go():
+        s = await connect(server, alice.token)
+        msgs, done = await sync(s, {cid: 0 for cid in cids}, timeout=30.0)
+        await s.close()
+        return msgs, done
+
+    msgs, done = run(go(), timeout=120)
+    assert done["truncated"] == []
+    assert len(msgs) == 3 * 450
+    for cid in cids:
+        seqs = [m["seq"] for m in msgs if m["conversation_id"] == cid]
+        assert seqs == list(range(1, 451)), cid
