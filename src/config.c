@@ -23,7 +23,8 @@
 enum {
     OPT_LISTEN = 256, OPT_DATABASE, OPT_REDIS, OPT_ORIGIN, OPT_LOG_LEVEL,
     OPT_DATA_DIR, OPT_SESSION_TTL, OPT_WORKERS, OPT_SLOW_QUERY,
-    OPT_STORE_QUEUE, OPT_COLLECT_INTERVAL, OPT_COLLECT_TIMEOUT, OPT_DRY_RUN,
+    OPT_STORE_QUEUE, OPT_COLLECT_INTERVAL, OPT_COLLECT_TIMEOUT,
+    OPT_METRICS_SQL_DIR, OPT_DRY_RUN,
 };
 
 static const struct option config_options[] = {
@@ -39,6 +40,7 @@ static const struct option config_options[] = {
     { "store-queue", required_argument, NULL, OPT_STORE_QUEUE },
     { "collect-interval-ms", required_argument, NULL, OPT_COLLECT_INTERVAL },
     { "collect-timeout-ms", required_argument, NULL, OPT_COLLECT_TIMEOUT },
+    { "metrics-sql-dir", required_argument, NULL, OPT_METRICS_SQL_DIR },
     { "dry-run", no_argument, NULL, OPT_DRY_RUN },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
@@ -74,6 +76,8 @@ void config_usage(FILE *out)
 "                           query (CHATD_COLLECT_INTERVAL_MS, 15000)\n"
 "  --collect-timeout-ms MS  the time limit of each collector query\n"
 "                           (CHATD_COLLECT_TIMEOUT_MS, 5000)\n"
+"  --metrics-sql-dir DIR    the collector's query files (CHATD_METRICS_SQL_DIR;\n"
+"                           default DATA-DIR/sql/metrics)\n"
 "  -h, --help               show this help\n"
 "  -V, --version            show the version\n", out);
 }
@@ -275,6 +279,9 @@ static int config_apply(struct config *cfg, int opt, const char *name,
         config_error(err, errlen, "invalid %s '%s': expected 16 to 4194304",
                      name, v);
         return -1;
+    case OPT_METRICS_SQL_DIR:
+        config_set_str(&cfg->metrics_sql_dir, v);
+        return 0;
     case OPT_COLLECT_INTERVAL:
         if (config_parse_int(v, 100, 3600000, &cfg->collect_interval_ms) == 0)
             return 0;
@@ -307,6 +314,7 @@ static const struct {
     { "CHATD_STORE_QUEUE", OPT_STORE_QUEUE },
     { "CHATD_COLLECT_INTERVAL_MS", OPT_COLLECT_INTERVAL },
     { "CHATD_COLLECT_TIMEOUT_MS", OPT_COLLECT_TIMEOUT },
+    { "CHATD_METRICS_SQL_DIR", OPT_METRICS_SQL_DIR },
 };
 
 int config_parse(struct config *cfg, int argc, char **argv, char *err,
@@ -361,7 +369,7 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err,
         case OPT_LISTEN: case OPT_DATABASE: case OPT_REDIS: case OPT_LOG_LEVEL:
         case OPT_DATA_DIR: case OPT_SESSION_TTL: case OPT_WORKERS:
         case OPT_SLOW_QUERY: case OPT_STORE_QUEUE: case OPT_COLLECT_INTERVAL:
-        case OPT_COLLECT_TIMEOUT: {
+        case OPT_COLLECT_TIMEOUT: case OPT_METRICS_SQL_DIR: {
             char name[64];
             snprintf(name, sizeof name, "--%s",
                      config_options[c - OPT_LISTEN].name);
@@ -455,6 +463,7 @@ void config_free(struct config *cfg)
     free(cfg->database);
     free(cfg->redis);
     free(cfg->data_dir);
+    free(cfg->metrics_sql_dir);
     for (i = 0; i < cfg->norigins; i++)
         free(cfg->origins[i]);
     free(cfg->cmd_argv);

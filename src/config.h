@@ -26,6 +26,7 @@ struct config {
     int workers;                   /* worker threads (reads, auth) */
     int slow_query_ms;             /* database_query log threshold */
     int store_queue;               /* pending sends before "busy" */
+    char *metrics_sql_dir;         /* collector queries; NULL: DATA/sql/metrics */
     int collect_interval_ms;       /* collector: each query's period */
     int collect_timeout_ms;        /* collector: each query's time limit */
     /* The subcommand: CONFIG_CMD_SERVE or CONFIG_CMD_MIGRATE with its

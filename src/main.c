@@ -128,7 +128,10 @@ static int main_serve(const struct config *cfg)
         worker_sink_free(sink);
         return main_fail("%s%s", err, "");
     }
-    snprintf(sql_dir, sizeof sql_dir, "%s/sql/metrics", cfg->data_dir);
+    if (cfg->metrics_sql_dir)
+        snprintf(sql_dir, sizeof sql_dir, "%s", cfg->metrics_sql_dir);
+    else
+        snprintf(sql_dir, sizeof sql_dir, "%s/sql/metrics", cfg->data_dir);
     memset(&ccfg, 0, sizeof ccfg);
     ccfg.db_url = cfg->database;
     ccfg.sql_dir = sql_dir;
