@@ -7,4 +7,5 @@ SELECT count(*) FROM (
     UNION
     SELECT user_id FROM events
     WHERE created_at > now() - interval '5 minutes' AND user_id IS NOT NULL
+      AND type IN ('user_login', 'message_read')
 ) AS active;

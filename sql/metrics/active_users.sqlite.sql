@@ -8,4 +8,5 @@ SELECT count(*) FROM (
     SELECT user_id FROM events
     WHERE created_at > CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) - 300000
       AND user_id IS NOT NULL
+      AND type IN ('user_login', 'message_read')
 );
