@@ -114,6 +114,7 @@ static struct ws_frame *ws_frame_new(const char *json, size_t len)
     struct ws_frame *f = xmalloc(sizeof *f + LWS_PRE + len + 1);
 
     f->refs = 0;
+    f->asked = 0;
     f->len = len;
     memcpy(f->data + LWS_PRE, json, len);
     f->data[LWS_PRE + len] = '\0';
@@ -137,6 +138,7 @@ static void ws_conn_drop_queue(struct ws_conn *c)
     c->q = NULL;
     c->qcap = c->qhead = 0;
     c->qbytes = 0;
+    c->qasked = c->qasked_bytes = 0;
 }
 
 /* Queues a frame for the socket. A live frame over the bounds means the
@@ -149,8 +151,10 @@ static void ws_conn_push(struct ws_conn *c, struct ws_frame *f, int live)
             free(f);
         return;
     }
-    if (live && (c->qlen >= WS_QUEUE_FRAMES ||
-                 c->qbytes + f->len > WS_QUEUE_BYTES)) {
+    /* Only live frames count: a sync in progress must not make a client
+     * that reads look slow. */
+    if (live && (c->qlen - c->qasked >= WS_QUEUE_FRAMES ||
+                 c->qbytes - c->qasked_bytes + f->len > WS_QUEUE_BYTES)) {
         if (f->refs == 0)
             free(f);
         metrics_counter_inc(metrics_child(metrics_ws_frames_rejected,
@@ -176,6 +180,11 @@ static void ws_conn_push(struct ws_conn *c, struct ws_frame *f, int live)
         c->qhead = 0;
     }
     f->refs++;
+    if (!live) {
+        f->asked = 1;             /* a sync frame is this socket's alone */
+        c->qasked++;
+        c->qasked_bytes += f->len;
+    }
     c->q[(c->qhead + c->qlen) % c->qcap] = f;
     c->qlen++;
     c->qbytes += f->len;
@@ -1225,6 +1234,10 @@ static int ws_writeable(struct ws_chat *wc, struct ws_conn *c)
     c->qhead = (c->qhead + 1) % c->qcap;
     c->qlen--;
     c->qbytes -= f->len;
+    if (f->asked) {
+        c->qasked--;
+        c->qasked_bytes -= f->len;
+    }
     len = f->len;
     /* lws keeps what the socket did not take and writes it before the next
      * WRITEABLE, so a short count is not an error; a negative one is. */

@@ -38,6 +38,7 @@
 /* A text frame shared by every socket it goes to. */
 struct ws_frame {
     unsigned refs;
+    int asked;                    /* a sync frame: the client asked for it */
     size_t len;
     unsigned char data[];         /* LWS_PRE bytes, then the payload */
 };
@@ -64,6 +65,7 @@ struct ws_conn {
     struct ws_frame **q;          /* outgoing ring */
     size_t qhead, qlen, qcap;
     size_t qbytes;
+    size_t qasked, qasked_bytes;  /* of which sync frames (not bounded) */
     struct util_buf rx;           /* a fragmented message being reassembled */
     int rx_too_big;
     int bad_frames;               /* over the socket's life */

@@ -284,3 +284,39 @@ def test_sync_larger_than_one_chunk_arrives_whole_and_in_order(client,
     for cid in cids:
         seqs = [m["seq"] for m in msgs if m["conversation_id"] == cid]
         assert seqs == list(range(1, 451)), cid
+
+
+def test_live_messages_during_a_big_sync_do_not_close_the_socket(client,
+                                                                 server):
+    """Live frames that arrive while a large sync is being sent are queued
+    behind it: the socket is not taken for a slow reader, and the client
+    ends up with every message (sync and live may overlap; seqs dedupe)."""
+    alice = client.new_user("slive")
+    bob = client.new_user("slbob")
+    cid = client.conversation(alice, bob).json["conversation_id"]
+    body = "y" * 4000
+
+    def one(i):
+        r = client.send(bob, cid, "%s %d" % (body, i))
+        assert r.status == 201, r
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(one, range(480)))     # about 2 MB: several chunks
+
+    async def go():
+        s = await connect(server, alice.token)
+        loop = asyncio.get_running_loop()
+        live = loop.run_in_executor(None, lambda: [one(480 + i)
+                                                   for i in range(40)])
+        msgs, done = await sync(s, {cid: 0}, timeout=30.0)
+        await live
+        seqs = {m["seq"] for m in msgs}
+        # what was committed after the sync read it comes live
+        while len(seqs) < 520:
+            f = await s.expect(is_type("message"), timeout=10.0)
+            seqs.add(check_message_frame(f)["seq"])
+        await s.ping()                      # still open and answering
+        await s.close()
+        return seqs, done
+
+    seqs, done = run(go(), timeout=120)
+    assert seqs == set(range(1, 521))
