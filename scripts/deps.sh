@@ -17,12 +17,16 @@ DEPS_BUILD=(
 	libhiredis-dev libcrypt-dev libssl-dev check
 )
 # postgresql and redis-server for the throwaway servers, prometheus for
-# promtool, python3 with pytest and websockets for the integration tests,
+# promtool, the exporters, python3-yaml, docker-compose (for
+# `docker-compose config` only, no Docker daemon) and shellcheck for the
+# monitoring suite, python3 with pytest and websockets for the integration tests,
 # chromium (driven by playwright-core from npm, which never downloads a
 # browser of its own) and an emoji font for the browser tests. Node.js and
 # npm come from Debian when there is no node at all (see deps_node).
 DEPS_TEST=(
 	postgresql redis-server prometheus
+	prometheus-postgres-exporter prometheus-redis-exporter
+	prometheus-node-exporter python3-yaml docker-compose shellcheck
 	python3 python3-pytest python3-websockets curl
 	chromium fonts-noto-color-emoji
 )

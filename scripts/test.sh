@@ -15,7 +15,10 @@
 #  5. the browser tests (tests/e2e/run-e2e.sh): headless Chromium drives
 #     the web client against build/chatd on its own SQLite file; the
 #     screenshots stay in build/e2e-artifacts;
-#  6. build/: `make distcheck`, which proves the tarball builds and passes.
+#  6. the monitoring stack (tests/monitoring/run.sh): a real Prometheus with
+#     the repository's rules scrapes build/chatd and the exporters, and every
+#     dashboard query runs against it and against Postgres;
+#  7. build/: `make distcheck`, which proves the tarball builds and passes.
 # Every step runs even when an earlier one failed, so one run shows all
 # that is broken. The servers are emptied before each test run.
 #
@@ -190,6 +193,26 @@ test_e2e() {
 	fi
 }
 
+# The monitoring stack's verification, one suite, against build/chatd.
+test_monitoring() {
+	local dir="$test_root/build" rc n
+	if [[ " ${test_built[*]} " != *" build "* ]]; then
+		test_record FAIL "monitoring: stack verification (not run: build/ did not build)"
+		return
+	fi
+	test_step "monitoring: Prometheus, dashboards, roles (tests/monitoring/run.sh)"
+	(cd "$test_root" && test_run_logged "$dir/monitoring.out" \
+		tests/monitoring/run.sh "$dir/chatd")
+	rc=$?
+	n=$(sed -n 's/^run.sh: \([0-9]*\) passed, 0 failed$/\1/p' "$dir/monitoring.out")
+	if ((rc == 0)) && [[ -n "$n" ]]; then
+		test_record PASS "monitoring: stack verification ($n tests)"
+	else
+		test_record FAIL "monitoring: stack verification (exit $rc)"
+		test_keep_tail "$dir/monitoring.out"
+	fi
+}
+
 test_distcheck() {
 	local dir="$test_root/build" rc f
 	test_reset_servers distcheck || return
@@ -263,6 +286,7 @@ test_build build-asan --enable-werror --enable-sanitizers
 
 TEST_CHECK_ENV=()
 test_e2e
+test_monitoring
 
 if [[ " ${test_built[*]} " == *" build "* ]]; then
 	test_distcheck
