@@ -65,9 +65,11 @@ run_cleanup() {
 }
 trap run_cleanup EXIT
 
+"$root/scripts/deps.sh" bench
 echo "run.sh: building chatload" >&2
+read -r -a bench_flags <<<"$(pkg-config --cflags --libs libwebsockets json-c libuv)"
 cc -std=gnu11 -O2 -Wall -Wextra -o "$work/chatload" "$bench_dir/chatload.c" \
-	$(pkg-config --cflags --libs libwebsockets json-c libuv) -pthread -lm
+	"${bench_flags[@]}" -pthread -lm
 
 run_free_port() {
 	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

@@ -4,6 +4,7 @@
 #   scripts/deps.sh build   what building and running chatd needs
 #   scripts/deps.sh test    that, plus the servers and tools the tests use,
 #                           and playwright-core in tests/e2e/node_modules
+#   scripts/deps.sh bench   what bench/run.sh needs besides the build
 #
 # Each package is looked up with dpkg-query first, so when everything is
 # there apt is not touched at all (no `apt-get update`, no root needed);
@@ -31,8 +32,12 @@ DEPS_TEST=(
 	chromium fonts-noto-color-emoji
 )
 
+# The load generator runs libwebsockets on libuv loops; the Postgres run
+# uses the throwaway servers.
+DEPS_BENCH=(libuv1-dev postgresql redis-server python3)
+
 deps_usage() {
-	echo "usage: $0 build|test" >&2
+	echo "usage: $0 build|test|bench" >&2
 	exit 2
 }
 
@@ -85,6 +90,7 @@ deps_e2e_modules() {
 case "$1" in
 build) deps_wanted=("${DEPS_BUILD[@]}") ;;
 test) deps_wanted=("${DEPS_BUILD[@]}" "${DEPS_TEST[@]}") ;;
+bench) deps_wanted=("${DEPS_BUILD[@]}" "${DEPS_BENCH[@]}") ;;
 *) deps_usage ;;
 esac
 
