@@ -1529,10 +1529,11 @@ static int store_pg_conv_member(struct store *s, int64_t conv_id,
     return member ? STORE_OK : STORE_FORBIDDEN;
 }
 
-static int store_pg_conv_member_ids(struct store *s, int64_t conv_id,
-                                    int64_t **ids, size_t *n)
+/* Runs statement sid with one id bound and collects the first column of
+ * every row (caller frees *ids). */
+static int store_pg_ids(struct store_pg *sp, enum store_pg_sid sid, int64_t id,
+                        const char *what, int64_t **ids, size_t *n)
 {
-    struct store_pg *sp = store_pg_of(s);
     struct store_pg_params p = { 0 };
     PGresult *res;
     size_t cnt, i;
@@ -1540,23 +1541,32 @@ static int store_pg_conv_member_ids(struct store *s, int64_t conv_id,
 
     *ids = NULL;
     *n = 0;
-    store_pg_p_int(&p, conv_id);
-    res = store_pg_run(sp, SP_MEMBER_IDS, &p, "conv_member_ids", 1);
+    store_pg_p_int(&p, id);
+    res = store_pg_run(sp, sid, &p, what, 1);
     if (res == NULL)
         return STORE_ERR;
     cnt = (size_t)PQntuples(res);
-    /* Every conversation has members: none means it does not exist. */
-    if (cnt == 0) {
-        PQclear(res);
-        return STORE_NOTFOUND;
+    if (cnt > 0) {
+        v = xcalloc(cnt, sizeof *v);
+        for (i = 0; i < cnt; i++)
+            v[i] = store_pg_int(res, (int)i, 0);
+        *ids = v;
+        *n = cnt;
     }
-    v = xcalloc(cnt, sizeof *v);
-    for (i = 0; i < cnt; i++)
-        v[i] = store_pg_int(res, (int)i, 0);
     PQclear(res);
-    *ids = v;
-    *n = cnt;
     return STORE_OK;
+}
+
+static int store_pg_conv_member_ids(struct store *s, int64_t conv_id,
+                                    int64_t **ids, size_t *n)
+{
+    int rc = store_pg_ids(store_pg_of(s), SP_MEMBER_IDS, conv_id,
+                          "conv_member_ids", ids, n);
+
+    /* Every conversation has members: none means it does not exist. */
+    if (rc == STORE_OK && *n == 0)
+        return STORE_NOTFOUND;
+    return rc;
 }
 
 /* Runs sql, one read-only statement, in a READ ONLY transaction with its
@@ -1612,30 +1622,8 @@ fail:
 static int store_pg_user_contacts(struct store *s, int64_t user_id,
                                   int64_t **ids, size_t *n)
 {
-    struct store_pg *sp = store_pg_of(s);
-    struct store_pg_params p = { 0 };
-    PGresult *res;
-    size_t cnt, i;
-    int64_t *v;
-
-    *ids = NULL;
-    *n = 0;
-    store_pg_p_int(&p, user_id);
-    res = store_pg_run(sp, SP_CONTACTS, &p, "user_contacts", 1);
-    if (res == NULL)
-        return STORE_ERR;
-    cnt = (size_t)PQntuples(res);
-    if (cnt == 0) {
-        PQclear(res);
-        return STORE_OK;
-    }
-    v = xcalloc(cnt, sizeof *v);
-    for (i = 0; i < cnt; i++)
-        v[i] = store_pg_int(res, (int)i, 0);
-    PQclear(res);
-    *ids = v;
-    *n = cnt;
-    return STORE_OK;
+    return store_pg_ids(store_pg_of(s), SP_CONTACTS, user_id, "user_contacts",
+                        ids, n);
 }
 
 static int store_pg_history(struct store *s, int64_t conv_id,
