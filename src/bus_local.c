@@ -7,6 +7,7 @@
  */
 #include "bus.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "util.h"
@@ -49,6 +50,23 @@ static size_t bus_local_poll(struct bus *b)
     return n;
 }
 
+static void bus_local_session(struct bus *b, int64_t user_id,
+                              uint64_t conn_id, int online, int edge,
+                              const int64_t *contacts, size_t n)
+{
+    (void)conn_id;
+    /* One node: its first session is the user's first anywhere. */
+    if (edge && n > 0)
+        bus_local_publish(b, bus_presence_event(user_id, online, contacts, n));
+}
+
+static int bus_local_status(struct bus *b, char *out, size_t outlen)
+{
+    (void)b;
+    snprintf(out, outlen, "ok");
+    return 1;
+}
+
 static void bus_local_close(struct bus *b)
 {
     struct bus_local *bl = (struct bus_local *)b;
@@ -65,6 +83,8 @@ static const struct bus_ops bus_local_ops = {
     .name = "local",
     .publish = bus_local_publish,
     .poll = bus_local_poll,
+    .session = bus_local_session,
+    .status = bus_local_status,
     .close = bus_local_close,
 };
 

@@ -30,6 +30,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "redis_conn.h"
 #include "store.h"
 #include "util.h"
 
@@ -44,6 +45,7 @@ struct collector_query {
     char labels[COLLECTOR_MAX_LABELS][64];
     int nlabels;
     char *sql;
+    int redis;                    /* a built-in Redis query (COLLECTOR_R_*) */
     char *text;                   /* the last rendered samples, or NULL */
     int64_t next_ns;              /* when it runs next (monotonic) */
     struct metrics_child *m_duration, *m_errors, *m_last_success;
@@ -52,6 +54,11 @@ struct collector_query {
 struct collector {
     struct collector_config cfg;
     char *db_url;
+    struct redis_url rurl;
+    int has_redis;
+    redisContext *rctx;           /* the collector thread's */
+    int64_t rnext_ms;             /* next connect attempt */
+    int rattempt;
     struct collector_query *q[COLLECTOR_MAX_QUERIES];
     int nq;
     pthread_t thread;
@@ -343,6 +350,80 @@ static void collector_publish(struct collector *c)
     metrics_set_snapshot(util_buf_steal(&b));
 }
 
+/* The built-in Redis queries. */
+enum { COLLECTOR_R_ONLINE = 1, COLLECTOR_R_KEYS, COLLECTOR_R_MEMORY };
+
+static const struct {
+    int kind;
+    const char *name, *help;
+} collector_redis_queries[] = {
+    { COLLECTOR_R_ONLINE, "chat_online_users",
+      "Users with at least one live WebSocket session on any node (from "
+      "Redis presence)." },
+    { COLLECTOR_R_KEYS, "chat_redis_keys",
+      "Keys in chatd's Redis database (presence, cache)." },
+    { COLLECTOR_R_MEMORY, "chat_redis_memory_used_bytes",
+      "Memory Redis reports in use (INFO memory used_memory)." },
+};
+
+static int collector_run_redis(struct collector *c, struct collector_query *q,
+                               struct util_buf *b, char *err, size_t errlen)
+{
+    redisReply *r = NULL;
+    long long v = -1;
+
+    if (c->rctx == NULL) {
+        if (util_now_ms() < c->rnext_ms) {
+            snprintf(err, errlen, "redis: waiting to reconnect");
+            return -1;
+        }
+        c->rctx = redis_connect(&c->rurl, c->cfg.timeout_ms, err, errlen);
+        if (c->rctx == NULL) {
+            c->rnext_ms = util_now_ms() + redis_backoff_ms(c->rattempt++);
+            return -1;
+        }
+        c->rattempt = 0;
+    }
+    switch (q->redis) {
+    case COLLECTOR_R_ONLINE:
+        /* A user is online while an entry's expiry is ahead of Redis's
+         * clock (bus_redis.c keeps the index). */
+        r = redisCommand(c->rctx, "EVAL %s 1 %s", "local t = "
+                         "redis.call('TIME') return redis.call('ZCOUNT', "
+                         "KEYS[1], '(' .. (t[1] * 1000 + math.floor(t[2] / "
+                         "1000)), '+inf')", RK_ONLINE);
+        break;
+    case COLLECTOR_R_KEYS:
+        r = redisCommand(c->rctx, "DBSIZE");
+        break;
+    case COLLECTOR_R_MEMORY:
+        r = redisCommand(c->rctx, "INFO memory");
+        if (r && r->type == REDIS_REPLY_STRING) {
+            const char *p = strstr(r->str, "used_memory:");
+            if (p)
+                v = strtoll(p + 12, NULL, 10);
+        }
+        break;
+    }
+    if (r == NULL) {
+        snprintf(err, errlen, "redis: %s", c->rctx->errstr);
+        redisFree(c->rctx);
+        c->rctx = NULL;
+        return -1;
+    }
+    if (r->type == REDIS_REPLY_INTEGER)
+        v = r->integer;
+    if (r->type == REDIS_REPLY_ERROR)
+        snprintf(err, errlen, "redis: %.*s", (int)r->len, r->str);
+    else if (v < 0)
+        snprintf(err, errlen, "redis: unexpected reply");
+    freeReplyObject(r);
+    if (v < 0)
+        return -1;
+    util_buf_printf(b, "%s %lld\n", q->name, v);
+    return 0;
+}
+
 static void collector_run_one(struct collector *c, struct store *s,
                               struct collector_query *q)
 {
@@ -353,11 +434,16 @@ static void collector_run_one(struct collector *c, struct store *s,
     double secs;
     int rc;
 
-    rc = store_query_rows(s, q->sql, c->cfg.timeout_ms, &rows);
+    memset(&rows, 0, sizeof rows);
+    if (q->redis)
+        rc = collector_run_redis(c, q, &b, err, sizeof err) == 0 ? STORE_OK
+                                                                 : STORE_ERR;
+    else
+        rc = store_query_rows(s, q->sql, c->cfg.timeout_ms, &rows);
     secs = (double)(util_mono_ns() - t0) / 1e9;
     metrics_gauge_set(q->m_duration, secs);
     if (rc == STORE_OK &&
-        collector_render(q, &rows, &b, err, sizeof err) == 0) {
+        (q->redis || collector_render(q, &rows, &b, err, sizeof err) == 0)) {
         free(q->text);
         q->text = util_buf_steal(&b);
         metrics_gauge_set(q->m_last_success, (double)util_now_ms() / 1000.0);
@@ -368,7 +454,8 @@ static void collector_run_one(struct collector *c, struct store *s,
         metrics_counter_inc(q->m_errors);
         log_event(LOG_WARN, "collector_error", NULL,
                   LOG_STR("query", q->name),
-                  LOG_STR("error", rc == STORE_OK ? err : store_errstr(s)),
+                  LOG_STR("error", rc == STORE_OK || q->redis ? err
+                                                              : store_errstr(s)),
                   LOG_DBL("duration_ms", secs * 1000), LF_END);
     }
     store_rows_clear(&rows);
@@ -394,9 +481,9 @@ static void *collector_main(void *arg)
                           LOG_STR("query", "connect"), LOG_STR("error", err),
                           LF_END);
         }
-        for (i = 0; i < c->nq && s; i++) {
+        for (i = 0; i < c->nq; i++) {
             struct collector_query *q = c->q[i];
-            if (q->next_ns > now)
+            if (q->next_ns > now || (s == NULL && !q->redis))
                 continue;
             collector_run_one(c, s, q);
             ran = 1;
@@ -440,6 +527,9 @@ static void *collector_main(void *arg)
     }
 out:
     store_close(s);
+    if (c->rctx)
+        redisFree(c->rctx);
+    c->rctx = NULL;
     return NULL;
 }
 
@@ -487,6 +577,29 @@ struct collector *collector_start(const struct collector_config *cfg,
     if (collector_load(c, kind ? kind : "sqlite", err, errlen) != 0) {
         collector_stop(c);
         return NULL;
+    }
+    if (cfg->redis_url) {
+        size_t k;
+        if (redis_url_parse(cfg->redis_url, &c->rurl, err, errlen) != 0) {
+            collector_stop(c);
+            return NULL;
+        }
+        c->has_redis = 1;
+        for (k = 0; k < sizeof collector_redis_queries /
+                        sizeof collector_redis_queries[0]; k++) {
+            struct collector_query *q;
+            if (c->nq == COLLECTOR_MAX_QUERIES)
+                break;
+            q = xcalloc(1, sizeof *q);
+            q->redis = collector_redis_queries[k].kind;
+            snprintf(q->file, sizeof q->file, "(redis)");
+            snprintf(q->name, sizeof q->name, "%s",
+                     collector_redis_queries[k].name);
+            snprintf(q->type, sizeof q->type, "gauge");
+            snprintf(q->help, sizeof q->help, "%s",
+                     collector_redis_queries[k].help);
+            c->q[c->nq++] = q;
+        }
     }
     collector_register(c);
     /* First runs spread over the first interval, so that start-up does

@@ -24,6 +24,7 @@ struct collector_config {
     const char *sql_dir;          /* DATA/sql/metrics */
     int interval_ms;              /* each query's period */
     int timeout_ms;               /* each query's time limit */
+    const char *redis_url;        /* NULL: no Redis queries */
 };
 
 /* Loads the queries and starts the thread. NULL with err set when a query

@@ -5,6 +5,7 @@
  */
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "redis_conn.h"
 #include "util.h"
 
 #ifndef CHATD_PKGDATADIR
@@ -24,7 +26,7 @@ enum {
     OPT_LISTEN = 256, OPT_DATABASE, OPT_REDIS, OPT_ORIGIN, OPT_LOG_LEVEL,
     OPT_DATA_DIR, OPT_SESSION_TTL, OPT_WORKERS, OPT_SLOW_QUERY,
     OPT_STORE_QUEUE, OPT_COLLECT_INTERVAL, OPT_COLLECT_TIMEOUT,
-    OPT_METRICS_SQL_DIR, OPT_DRY_RUN,
+    OPT_METRICS_SQL_DIR, OPT_DRY_RUN, OPT_NODE_ID, OPT_PRESENCE_TTL,
 };
 
 static const struct option config_options[] = {
@@ -42,6 +44,8 @@ static const struct option config_options[] = {
     { "collect-timeout-ms", required_argument, NULL, OPT_COLLECT_TIMEOUT },
     { "metrics-sql-dir", required_argument, NULL, OPT_METRICS_SQL_DIR },
     { "dry-run", no_argument, NULL, OPT_DRY_RUN },
+    { "node-id", required_argument, NULL, OPT_NODE_ID },
+    { "presence-ttl", required_argument, NULL, OPT_PRESENCE_TTL },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
@@ -59,7 +63,13 @@ void config_usage(FILE *out)
 "  --database URL           sqlite:PATH or postgresql://... (CHATD_DATABASE,\n"
 "                           sqlite:chatd.db)\n"
 "  --redis URL              redis://HOST:PORT/DB for presence and fan-out\n"
-"                           across nodes (CHATD_REDIS; none: in-process)\n"
+"                           across nodes (CHATD_REDIS; none: in-process);\n"
+"                           redis://:PASSWORD@HOST:PORT/DB with a password\n"
+"  --node-id ID             this node's name among the nodes sharing Redis\n"
+"                           (CHATD_NODE_ID; default HOSTNAME-RANDOM)\n"
+"  --presence-ttl SECONDS   a session counts as online this long after its\n"
+"                           node's last heartbeat (CHATD_PRESENCE_TTL, 30;\n"
+"                           3 to 3600)\n"
 "  --allowed-origin ORIGIN  a browser Origin allowed to open WebSockets;\n"
 "                           repeatable (CHATD_ALLOWED_ORIGINS, comma-separated;\n"
 "                           default: the server's own http://localhost:PORT)\n"
@@ -200,6 +210,19 @@ static int config_add_origins(struct config *cfg, const char *name,
     return rc;
 }
 
+static int config_valid_node_id(const char *v)
+{
+    size_t n = strlen(v), i;
+
+    if (n == 0 || n > 63 || strcmp(v, "-") == 0)
+        return 0;
+    for (i = 0; i < n; i++)
+        if (!isalnum((unsigned char)v[i]) && v[i] != '.' && v[i] != '_' &&
+            v[i] != '-')
+            return 0;
+    return 1;
+}
+
 static void config_set_str(char **slot, const char *v)
 {
     free(*slot);
@@ -235,10 +258,16 @@ static int config_apply(struct config *cfg, int opt, const char *name,
             config_set_str(&cfg->redis, NULL);
             return 0;
         }
-        if (!config_valid_url("redis", v)) {
-            config_error(err, errlen, "invalid %s: expected redis://HOST:PORT",
-                         name);
-            return -1;
+        {
+            struct redis_url u;
+            char why[128];
+            if (!config_valid_url("redis", v) ||
+                redis_url_parse(v, &u, why, sizeof why) != 0) {
+                /* Not the value: it may hold a password. */
+                config_error(err, errlen, "invalid %s: expected "
+                             "redis://[:PASSWORD@]HOST[:PORT][/DB]", name);
+                return -1;
+            }
         }
         config_set_str(&cfg->redis, v);
         return 0;
@@ -282,6 +311,20 @@ static int config_apply(struct config *cfg, int opt, const char *name,
     case OPT_METRICS_SQL_DIR:
         config_set_str(&cfg->metrics_sql_dir, v);
         return 0;
+    case OPT_NODE_ID:
+        if (!config_valid_node_id(v)) {
+            config_error(err, errlen, "invalid %s '%s': expected 1 to 63 "
+                         "letters, digits, '.', '_' or '-'", name, v);
+            return -1;
+        }
+        config_set_str(&cfg->node_id, v);
+        return 0;
+    case OPT_PRESENCE_TTL:
+        if (config_parse_int(v, 3, 3600, &cfg->presence_ttl) == 0)
+            return 0;
+        config_error(err, errlen, "invalid %s '%s': expected seconds from 3 "
+                     "to 3600", name, v);
+        return -1;
     case OPT_COLLECT_INTERVAL:
         if (config_parse_int(v, 100, 3600000, &cfg->collect_interval_ms) == 0)
             return 0;
@@ -315,6 +358,8 @@ static const struct {
     { "CHATD_COLLECT_INTERVAL_MS", OPT_COLLECT_INTERVAL },
     { "CHATD_COLLECT_TIMEOUT_MS", OPT_COLLECT_TIMEOUT },
     { "CHATD_METRICS_SQL_DIR", OPT_METRICS_SQL_DIR },
+    { "CHATD_NODE_ID", OPT_NODE_ID },
+    { "CHATD_PRESENCE_TTL", OPT_PRESENCE_TTL },
 };
 
 int config_parse(struct config *cfg, int argc, char **argv, char *err,
@@ -334,6 +379,7 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err,
     cfg->store_queue = 65536;
     cfg->collect_interval_ms = 15000;
     cfg->collect_timeout_ms = 5000;
+    cfg->presence_ttl = 30;
 
     for (i = 0; i < sizeof config_env / sizeof config_env[0]; i++) {
         const char *v = getenv(config_env[i].env);
@@ -369,7 +415,8 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err,
         case OPT_LISTEN: case OPT_DATABASE: case OPT_REDIS: case OPT_LOG_LEVEL:
         case OPT_DATA_DIR: case OPT_SESSION_TTL: case OPT_WORKERS:
         case OPT_SLOW_QUERY: case OPT_STORE_QUEUE: case OPT_COLLECT_INTERVAL:
-        case OPT_COLLECT_TIMEOUT: case OPT_METRICS_SQL_DIR: {
+        case OPT_COLLECT_TIMEOUT: case OPT_METRICS_SQL_DIR: case OPT_NODE_ID:
+        case OPT_PRESENCE_TTL: {
             char name[64];
             snprintf(name, sizeof name, "--%s",
                      config_options[c - OPT_LISTEN].name);
@@ -454,6 +501,28 @@ void config_finish(struct config *cfg, const char *argv0)
      * the installed data directory. */
     if (cfg->data_dir == NULL && (cfg->data_dir = config_tree_dir(argv0)) == NULL)
         cfg->data_dir = xstrdup(CHATD_PKGDATADIR);
+    if (cfg->node_id == NULL) {
+        /* HOSTNAME-RANDOM: unique even where every container's hostname
+         * or pid is the same. */
+        char host[40] = "", id[64];
+        unsigned char r[4] = { 0 };
+        size_t i;
+        FILE *f = fopen("/dev/urandom", "rb");
+        if (f) {
+            if (fread(r, 1, sizeof r, f) != sizeof r)
+                memset(r, 0, sizeof r);
+            fclose(f);
+        }
+        gethostname(host, sizeof host - 1);
+        for (i = 0; host[i]; i++)
+            if (!isalnum((unsigned char)host[i]) && host[i] != '.' &&
+                host[i] != '_' && host[i] != '-')
+                host[i] = '_';
+        snprintf(id, sizeof id, "%s-%02x%02x%02x%02x",
+                 host[0] && host[0] != '-' ? host : "node", r[0], r[1], r[2],
+                 r[3]);
+        cfg->node_id = xstrdup(id);
+    }
 }
 
 void config_free(struct config *cfg)
@@ -464,6 +533,7 @@ void config_free(struct config *cfg)
     free(cfg->redis);
     free(cfg->data_dir);
     free(cfg->metrics_sql_dir);
+    free(cfg->node_id);
     for (i = 0; i < cfg->norigins; i++)
         free(cfg->origins[i]);
     free(cfg->cmd_argv);

@@ -18,6 +18,8 @@ struct config {
     int listen_port;
     char *database;                /* --database URL */
     char *redis;                   /* --redis URL, NULL: local bus */
+    char *node_id;                 /* --node-id (config_finish sets one) */
+    int presence_ttl;              /* --presence-ttl, seconds */
     char *origins[CONFIG_MAX_ORIGINS]; /* --allowed-origin, exact match */
     size_t norigins;
     int log_level;                 /* enum log_level */

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache.h"
 #include "log.h"
 #include "metrics.h"
 #include "proto.h"
@@ -177,6 +178,7 @@ void http_req_free(struct http_req *r)
     store_msg_clear(&r->send.msg);
     store_conv_clear(&r->conv);
     free(r->users);
+    free(r->online);
     free(r->job.members);
     free(r);
 }
@@ -378,11 +380,16 @@ static int http_api_login(struct http_req *r, struct store *s)
 
 static int http_api_logout(struct http_req *r, struct store *s)
 {
+    uint8_t hash[AUTH_SHA256_LEN];
+
     if (store_session_delete(s, r->session.session_id, util_now_ms()) ==
         STORE_ERR) {
         http_api_db_error(r, s, "session_delete");
         return WORKER_DONE;
     }
+    /* The token reached here authenticated, so it hashes. */
+    if (auth_token_hash(r->token, hash) == 0)
+        cache_session_delete(hash);
     http_req_empty(r, 204);
     r->fin = HTTP_FIN_LOGOUT;
     http_req_header(r, "Set-Cookie", "chat_session=; Path=/; Max-Age=0; "
@@ -431,6 +438,21 @@ static int http_api_users(struct http_req *r, struct store *s)
      * online. */
     r->users = users;
     r->nusers = n;
+    /* With Redis, who is online is known cluster-wide: ask it here (a
+     * worker may wait). Without it, or when it cannot answer, the service
+     * thread answers from this node's sessions. */
+    if (n && cache_enabled()) {
+        int64_t *ids = xmalloc(n * sizeof *ids);
+        size_t i;
+        for (i = 0; i < n; i++)
+            ids[i] = users[i].id;
+        r->online = xcalloc(n, sizeof *r->online);
+        if (cache_online(ids, n, r->online) != 0) {
+            free(r->online);
+            r->online = NULL;
+        }
+        free(ids);
+    }
     r->fin = HTTP_FIN_USERS;
     r->status = 200;
     return WORKER_DONE;
@@ -443,7 +465,8 @@ static void http_api_users_answer(struct http_api *api, struct http_req *r)
 
     util_buf_puts(&b, "{\"users\":[");
     for (i = 0; i < r->nusers; i++) {
-        int online = api->chat && ws_chat_is_online(api->chat, r->users[i].id);
+        int online = r->online ? r->online[i] :
+                     api->chat && ws_chat_is_online(api->chat, r->users[i].id);
         if (i)
             util_buf_puts(&b, ",");
         util_buf_printf(&b, "{\"user_id\":%lld,\"username\":",
@@ -752,16 +775,24 @@ static int http_api_read(struct http_req *r, struct store *s)
 static int http_api_ready(struct http_req *r, struct store *s)
 {
     struct util_buf b = { 0 };
+    char redis[256];
+    int db_ok = store_ping(s) == STORE_OK, redis_ok = 1, with_redis;
 
-    if (store_ping(s) == STORE_OK) {
-        util_buf_puts(&b, "{\"status\":\"ok\",\"checks\":{\"database\":\"ok\"}}");
-        http_req_json(r, 200, &b);
-    } else {
-        util_buf_puts(&b, "{\"status\":\"unavailable\",\"checks\":{\"database\":");
-        util_buf_json_str(&b, store_errstr(s));
-        util_buf_puts(&b, "}}");
-        http_req_json(r, 503, &b);
+    /* Redis is checked when the node uses it (its bus threads keep the
+     * connections; their state is what counts). */
+    with_redis = r->api->chat &&
+                 ws_chat_redis_status(r->api->chat, redis, sizeof redis) >= 0;
+    if (with_redis)
+        redis_ok = strcmp(redis, "ok") == 0;
+    util_buf_printf(&b, "{\"status\":\"%s\",\"checks\":{\"database\":",
+                    db_ok && redis_ok ? "ok" : "unavailable");
+    util_buf_json_str(&b, db_ok ? "ok" : store_errstr(s));
+    if (with_redis) {
+        util_buf_puts(&b, ",\"redis\":");
+        util_buf_json_str(&b, redis);
     }
+    util_buf_puts(&b, "}}");
+    http_req_json(r, db_ok && redis_ok ? 200 : 503, &b);
     return WORKER_DONE;
 }
 

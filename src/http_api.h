@@ -66,6 +66,7 @@ struct http_req {
     struct store_conv conv;
     struct store_user_brief *users;
     size_t nusers;
+    int *online;                  /* from Redis, or NULL */
     char if_none_match[80];       /* for the static client's ETag */
     /* Response. */
     int status;

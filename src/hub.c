@@ -139,6 +139,11 @@ static int hub_sorted_has(const int64_t *v, size_t n, int64_t id)
     return bsearch(&id, v, n, sizeof *v, hub_cmp_id) != NULL;
 }
 
+int hub_user_has_contact(const struct hub_user *u, int64_t user_id)
+{
+    return hub_sorted_has(u->contacts, u->ncontacts, user_id);
+}
+
 void hub_user_add_contacts(struct hub_user *u, const int64_t *ids, size_t n)
 {
     size_t i, added = 0;

@@ -65,6 +65,8 @@ int hub_conn_remove(struct hub *h, struct ws_conn *c, int64_t **contacts,
                     size_t *ncontacts);
 
 struct hub_user *hub_user(const struct hub *h, int64_t user_id);
+/* 1 when user_id is among u's contacts. */
+int hub_user_has_contact(const struct hub_user *u, int64_t user_id);
 /* Adds ids to an online user's contacts (a new conversation). */
 void hub_user_add_contacts(struct hub_user *u, const int64_t *ids, size_t n);
 

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache.h"
 #include "collector.h"
 #include "config.h"
 #include "http_api.h"
@@ -101,6 +102,8 @@ static int main_serve(const struct config *cfg)
 
     if (main_check_schema(cfg) != 0)
         return 1;
+    if (cache_init(cfg->redis, err, sizeof err) != 0)
+        return main_fail("redis: %s%s", err, "");
     sink = worker_sink_create(server_notify, NULL);
     workers = worker_pool_start("workers", cfg->database, cfg->workers, 4096,
                                 1, NULL, sink, cfg->slow_query_ms, err,
@@ -137,6 +140,7 @@ static int main_serve(const struct config *cfg)
     ccfg.sql_dir = sql_dir;
     ccfg.interval_ms = cfg->collect_interval_ms;
     ccfg.timeout_ms = cfg->collect_timeout_ms;
+    ccfg.redis_url = cfg->redis;
     collector = collector_start(&ccfg, err, sizeof err);
     if (collector == NULL) {
         http_api_free(api);
@@ -145,7 +149,16 @@ static int main_serve(const struct config *cfg)
         worker_sink_free(sink);
         return main_fail("metrics collector: %s%s", err, "");
     }
-    chat = ws_chat_create(cfg, workers, store_pool, server_notify);
+    chat = ws_chat_create(cfg, workers, store_pool, server_notify, err,
+                          sizeof err);
+    if (chat == NULL) {
+        collector_stop(collector);
+        http_api_free(api);
+        worker_pool_stop(store_pool);
+        worker_pool_stop(workers);
+        worker_sink_free(sink);
+        return main_fail("redis: %s%s", err, "");
+    }
     http_api_set_chat(api, chat);
     main_server = server_create(cfg, api, chat, sink, err, sizeof err);
     if (main_server == NULL) {
@@ -169,6 +182,8 @@ static int main_serve(const struct config *cfg)
               LOG_STR("listen", cfg->listen_host),
               LOG_INT("port", cfg->listen_port),
               LOG_STR("database", store_kind(cfg->database)),
+              LOG_STR("bus", cfg->redis ? "redis" : "local"),
+              LOG_STR("node", cfg->node_id),
               LOG_STR("version", PACKAGE_VERSION), LF_END);
     fprintf(stderr, "chatd: serving http://%s:%d/ (database %s)\n",
             strcmp(cfg->listen_host, "0.0.0.0") == 0 ? "localhost"
@@ -198,6 +213,7 @@ static int main_serve(const struct config *cfg)
     ws_chat_free(chat);
     http_api_free(api);
     worker_sink_free(sink);
+    cache_shutdown();
     return 0;
 }
 

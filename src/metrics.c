@@ -117,6 +117,10 @@ struct metrics_child *metrics_db_connections_active;
 struct metrics_child *metrics_ws_connections;
 struct metrics_child *metrics_store_queue_depth;
 struct metrics_child *metrics_store_batch_size;
+struct metrics_child *metrics_bus_published;
+struct metrics_child *metrics_bus_received;
+struct metrics_child *metrics_bus_dropped;
+struct metrics_child *metrics_redis_up;
 
 /* --- doubles as bits --- */
 
@@ -1001,6 +1005,23 @@ int metrics_init(const char *version)
         metrics_histogram_new("chat_store_batch_size",
                               "Messages written per store transaction.", NULL,
                               metrics_batch_buckets, nbatch)), NULL);
+    metrics_bus_published = metrics_child(metrics_std(&ok,
+        metrics_counter_new("chat_bus_published_total",
+                            "Events published to the other nodes (Redis).",
+                            NULL)), NULL);
+    metrics_bus_received = metrics_child(metrics_std(&ok,
+        metrics_counter_new("chat_bus_received_total",
+                            "Events received from other nodes or decided in "
+                            "Redis (presence), delivered here.", NULL)), NULL);
+    metrics_bus_dropped = metrics_child(metrics_std(&ok,
+        metrics_counter_new("chat_bus_dropped_total",
+                            "Events that did not reach the other nodes "
+                            "(Redis down or behind); clients recover them "
+                            "with sync.", NULL)), NULL);
+    metrics_redis_up = metrics_child(metrics_std(&ok,
+        metrics_gauge_new("chat_redis_up",
+                          "1 when both Redis connections of the bus are up "
+                          "(0 without Redis).", NULL)), NULL);
     metrics_log_lines_dropped = metrics_child(metrics_std(&ok,
         metrics_counter_new("chat_log_lines_dropped_total",
                             "Log lines dropped because the log queue was "
@@ -1055,4 +1076,8 @@ void metrics_reset_for_tests(void)
     metrics_ws_connections = NULL;
     metrics_store_queue_depth = NULL;
     metrics_store_batch_size = NULL;
+    metrics_bus_published = NULL;
+    metrics_bus_received = NULL;
+    metrics_bus_dropped = NULL;
+    metrics_redis_up = NULL;
 }

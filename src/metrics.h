@@ -187,5 +187,9 @@ extern struct metrics_child *metrics_db_connections_active;   /* gauge */
 extern struct metrics_child *metrics_ws_connections;          /* gauge */
 extern struct metrics_child *metrics_store_queue_depth;       /* gauge */
 extern struct metrics_child *metrics_store_batch_size;        /* histogram */
+extern struct metrics_child *metrics_bus_published;
+extern struct metrics_child *metrics_bus_received;
+extern struct metrics_child *metrics_bus_dropped;
+extern struct metrics_child *metrics_redis_up;                /* gauge */
 
 #endif

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache.h"
 #include "util.h"
 
 #define STORE_SQLITE_PREFIX "sqlite:"
@@ -127,7 +128,15 @@ int store_session_lookup(struct store *s,
                          const uint8_t token_hash[STORE_TOKEN_HASH_LEN],
                          int64_t now, struct store_session *out)
 {
-    return s->ops->session_lookup(s, token_hash, now, out);
+    int rc;
+
+    /* Redis first when configured (cache.h); the database is the truth. */
+    if (cache_session_get(token_hash, now, out) == 1)
+        return STORE_OK;
+    rc = s->ops->session_lookup(s, token_hash, now, out);
+    if (rc == STORE_OK)
+        cache_session_put(token_hash, out, now);
+    return rc;
 }
 
 int store_session_delete(struct store *s, int64_t session_id, int64_t now)
@@ -158,7 +167,14 @@ int store_conv_member(struct store *s, int64_t conv_id, int64_t user_id,
 int store_conv_member_ids(struct store *s, int64_t conv_id, int64_t **ids,
                           size_t *n)
 {
-    return s->ops->conv_member_ids(s, conv_id, ids, n);
+    int rc;
+
+    if (cache_members_get(conv_id, ids, n) == 1)
+        return STORE_OK;
+    rc = s->ops->conv_member_ids(s, conv_id, ids, n);
+    if (rc == STORE_OK)
+        cache_members_put(conv_id, *ids, *n);
+    return rc;
 }
 
 int store_user_contacts(struct store *s, int64_t user_id, int64_t **ids,

@@ -44,6 +44,7 @@ struct ws_chat {
     size_t nconns;                /* open sockets */
     size_t inflight;              /* jobs in pools */
     int closing;                  /* shutting down: no new sockets */
+    int redis;                    /* the bus is Redis */
     int close_code;
 };
 
@@ -262,6 +263,61 @@ static void ws_chat_publish(struct ws_chat *wc, enum bus_kind kind,
     bus_publish(wc->bus, ev);
 }
 
+/* Presence about a user to the users of this node who share a
+ * conversation with them (an event with no target list). */
+static void ws_chat_deliver_subject(struct ws_chat *wc,
+                                    const struct bus_event *ev)
+{
+    size_t i = 0;
+    uint64_t k;
+    void *v;
+    struct ws_frame *f = NULL;
+
+    while (hmap_next(&wc->hub.users, &i, &k, &v)) {
+        struct hub_user *u = v;
+        struct ws_conn *c, *next;
+        if (!hub_user_has_contact(u, ev->subject))
+            continue;
+        for (c = u->conns; c; c = next) {
+            next = c->next_of_user;
+            if (c->state != WS_READY)
+                continue;
+            if (f == NULL) {
+                f = ws_frame_new(ev->frame, ev->len);
+                f->refs = 1;
+            }
+            ws_conn_push(c, f, 1);
+        }
+    }
+    ws_frame_unref(f);
+}
+
+/* Events that are not frames: a logout closes that session's sockets; a
+ * new conversation makes its online members contacts. */
+static void ws_chat_deliver_control(struct ws_chat *wc,
+                                    const struct bus_event *ev)
+{
+    size_t i;
+
+    if (ev->kind == BUS_LOGOUT && ev->ntargets == 1) {
+        struct hub_user *u = hub_user(&wc->hub, ev->targets[0]);
+        struct ws_conn *c, *next;
+        for (c = u ? u->conns : NULL; c; c = next) {
+            next = c->next_of_user;
+            if (c->session_id == ev->subject)
+                ws_conn_close(c, 1008, "logged out");
+        }
+        return;
+    }
+    if (ev->kind != BUS_CONTACTS)
+        return;
+    for (i = 0; i < ev->ntargets; i++) {
+        struct hub_user *u = hub_user(&wc->hub, ev->targets[i]);
+        if (u)
+            hub_user_add_contacts(u, ev->targets, ev->ntargets);
+    }
+}
+
 /* The bus hands over an event: queue its frame on every local socket of
  * its targets. The frame is built once and shared. */
 static void ws_chat_deliver(void *arg, const struct bus_event *ev)
@@ -271,6 +327,14 @@ static void ws_chat_deliver(void *arg, const struct bus_event *ev)
     size_t i, n = 0;
     int debug = ev->kind == BUS_MESSAGE && log_enabled(LOG_DEBUG);
 
+    if (ev->kind == BUS_LOGOUT || ev->kind == BUS_CONTACTS) {
+        ws_chat_deliver_control(wc, ev);
+        return;
+    }
+    if (ev->kind == BUS_PRESENCE && ev->ntargets == 0) {
+        ws_chat_deliver_subject(wc, ev);
+        return;
+    }
     for (i = 0; i < ev->ntargets; i++) {
         struct hub_user *u;
         struct ws_conn *c, *next;
@@ -300,17 +364,6 @@ static void ws_chat_deliver(void *arg, const struct bus_event *ev)
     ws_frame_unref(f);
 }
 
-static void ws_chat_presence(struct ws_chat *wc, int64_t user_id, int online,
-                             const int64_t *contacts, size_t n)
-{
-    struct util_buf b = { 0 };
-
-    util_buf_printf(&b, "{\"type\":\"presence\",\"user_id\":%lld,"
-                    "\"online\":%s}", (long long)user_id,
-                    online ? "true" : "false");
-    ws_chat_publish(wc, BUS_PRESENCE, contacts, n, 0, 0, &b);
-}
-
 void ws_chat_message_stored(struct ws_chat *wc, const struct store_msg *m,
                             const int64_t *members, size_t n,
                             uint64_t except_conn)
@@ -338,14 +391,11 @@ void ws_chat_read_moved(struct ws_chat *wc, int64_t user_id, int64_t conv_id,
 
 void ws_chat_logout(struct ws_chat *wc, int64_t user_id, int64_t session_id)
 {
-    struct hub_user *u = hub_user(&wc->hub, user_id);
-    struct ws_conn *c;
+    /* Through the bus: the session may have sockets on other nodes. */
+    struct bus_event *ev = bus_event_new(BUS_LOGOUT, &user_id, 1, "", 0);
 
-    if (u == NULL)
-        return;
-    for (c = u->conns; c; c = c->next_of_user)
-        if (c->session_id == session_id)
-            ws_conn_close(c, 1008, "logged out");
+    ev->subject = session_id;
+    bus_publish(wc->bus, ev);
 }
 
 void ws_chat_conversation_created(struct ws_chat *wc,
@@ -357,12 +407,11 @@ void ws_chat_conversation_created(struct ws_chat *wc,
     for (i = 0; i < conv->nmembers; i++)
         ids[i] = conv->members[i].id;
     hub_members_put(&wc->hub, conv->id, ids, conv->nmembers);
-    /* Online members now share a conversation: they are contacts. */
-    for (i = 0; i < conv->nmembers; i++) {
-        struct hub_user *u = hub_user(&wc->hub, ids[i]);
-        if (u)
-            hub_user_add_contacts(u, ids, conv->nmembers);
-    }
+    /* Online members now share a conversation: they are contacts, on
+     * whichever node they are. */
+    if (conv->nmembers)
+        bus_publish(wc->bus, bus_event_new(BUS_CONTACTS, ids, conv->nmembers,
+                                           "", 0));
     free(ids);
 }
 
@@ -562,6 +611,8 @@ static void ws_done_auth(struct ws_chat *wc, struct ws_conn *c,
                          struct ws_job *j)
 {
     struct util_buf b = { 0 };
+    struct hub_user *u;
+    int first;
 
     if (j->rc != STORE_OK) {
         if (j->rc == STORE_ERR) {
@@ -591,8 +642,10 @@ static void ws_done_auth(struct ws_chat *wc, struct ws_conn *c,
               LOG_INT("session_id", c->session_id),
               LOG_INT("conn", (int64_t)c->id), LOG_STR("remote", c->remote),
               LF_END);
-    if (hub_conn_ready(&wc->hub, c, j->contacts, j->ncontacts))
-        ws_chat_presence(wc, c->user_id, 1, j->contacts, j->ncontacts);
+    first = hub_conn_ready(&wc->hub, c, j->contacts, j->ncontacts);
+    u = hub_user(&wc->hub, c->user_id);
+    bus_session(wc->bus, c->user_id, c->id, 1, first, u->contacts,
+                u->ncontacts);
     atomic_store_explicit(&ws_chat_online, wc->hub.users.len,
                           memory_order_relaxed);
 }
@@ -1154,15 +1207,29 @@ static int ws_established(struct ws_chat *wc, struct ws_conn *c,
 
 static void ws_closed(struct ws_chat *wc, struct ws_conn *c)
 {
-    int64_t *contacts = NULL;
-    size_t ncontacts = 0;
+    int64_t *contacts = NULL, *left = NULL;
+    size_t ncontacts = 0, nleft = 0;
+    int last;
+    /* user_id is set only as the socket joins the hub. */
     int was_ready = c->state == WS_READY ||
                     (c->state == WS_CLOSING && c->user_id != 0);
 
     if (c->id == 0)
         return;
-    if (hub_conn_remove(&wc->hub, c, &contacts, &ncontacts))
-        ws_chat_presence(wc, c->user_id, 0, contacts, ncontacts);
+    if (was_ready) {
+        /* The contacts, whether or not this is the user's last socket
+         * here: with Redis, the cluster decides if the user went offline. */
+        struct hub_user *u = hub_user(&wc->hub, c->user_id);
+        if (u && u->ncontacts) {
+            ncontacts = u->ncontacts;
+            contacts = xmalloc(ncontacts * sizeof *contacts);
+            memcpy(contacts, u->contacts, ncontacts * sizeof *contacts);
+        }
+    }
+    last = hub_conn_remove(&wc->hub, c, &left, &nleft);
+    free(left);
+    if (was_ready)
+        bus_session(wc->bus, c->user_id, c->id, 0, last, contacts, ncontacts);
     atomic_store_explicit(&ws_chat_online, wc->hub.users.len,
                           memory_order_relaxed);
     free(contacts);
@@ -1317,7 +1384,7 @@ void ws_chat_protocol(struct ws_chat *wc, struct lws_protocols *out)
 struct ws_chat *ws_chat_create(const struct config *cfg,
                                struct worker_pool *workers,
                                struct worker_pool *store_pool,
-                               bus_wake_cb wake)
+                               bus_wake_cb wake, char *err, size_t errlen)
 {
     struct ws_chat *wc = xcalloc(1, sizeof *wc);
 
@@ -1325,12 +1392,40 @@ struct ws_chat *ws_chat_create(const struct config *cfg,
     wc->workers = workers;
     wc->store_pool = store_pool;
     hub_init(&wc->hub);
-    wc->bus = bus_local_create(ws_chat_deliver, wc, wake, NULL);
-    if (metrics_find("chat_online_users") == NULL)
+    if (cfg->redis) {
+        struct bus_redis_config bc = {
+            .url = cfg->redis,
+            .node_id = cfg->node_id,
+            .presence_ttl_ms = cfg->presence_ttl * 1000,
+        };
+        wc->bus = bus_redis_create(&bc, ws_chat_deliver, wc, wake, NULL, err,
+                                   errlen);
+        wc->redis = 1;
+    } else {
+        wc->bus = bus_local_create(ws_chat_deliver, wc, wake, NULL);
+    }
+    if (wc->bus == NULL) {
+        hub_free(&wc->hub);
+        free(wc);
+        return NULL;
+    }
+    if (metrics_find("chat_node_online_users") == NULL)
+        metrics_gauge_func("chat_node_online_users", "Users with at least "
+                           "one authenticated WebSocket session on this node.",
+                           ws_chat_online_metric, NULL);
+    /* With Redis, the collector counts the whole cluster's. */
+    if (!wc->redis && metrics_find("chat_online_users") == NULL)
         metrics_gauge_func("chat_online_users", "Users with at least one "
-                           "authenticated WebSocket session on this node.",
+                           "authenticated WebSocket session.",
                            ws_chat_online_metric, NULL);
     return wc;
+}
+
+int ws_chat_redis_status(const struct ws_chat *wc, char *out, size_t outlen)
+{
+    if (!wc->redis)
+        return -1;
+    return bus_status(wc->bus, out, outlen);
 }
 
 void ws_chat_free(struct ws_chat *wc)

@@ -87,7 +87,7 @@ struct config;
 struct ws_chat *ws_chat_create(const struct config *cfg,
                                struct worker_pool *workers,
                                struct worker_pool *store_pool,
-                               bus_wake_cb wake);
+                               bus_wake_cb wake, char *err, size_t errlen);
 void ws_chat_free(struct ws_chat *wc);
 /* The lws protocol entry for chat.v1 (its user pointer is wc). */
 void ws_chat_protocol(struct ws_chat *wc, struct lws_protocols *out);
@@ -113,5 +113,8 @@ void ws_chat_logout(struct ws_chat *wc, int64_t user_id, int64_t session_id);
 void ws_chat_conversation_created(struct ws_chat *wc,
                                   const struct store_conv *c);
 int ws_chat_is_online(const struct ws_chat *wc, int64_t user_id);
+/* The Redis bus's health for /ready ("ok" or why not; 1 when ok), or -1
+ * when the node runs without Redis. Any thread. */
+int ws_chat_redis_status(const struct ws_chat *wc, char *out, size_t outlen);
 
 #endif
