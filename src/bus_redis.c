@@ -2,7 +2,8 @@
  * bus_redis.c - the bus for many nodes: fan-out through one Redis
  * PUBLISH/SUBSCRIBE channel, presence as per-session entries with a TTL.
  *
- * Fan-out. Every node subscribes to one channel, RK_CHANNEL, and every
+ * Fan-out. Every node subscribes to one channel, RK_CHANNEL":DB" (pub/sub
+ * is not scoped by database, the name is), and every
  * event goes out on it once, whatever the number of its targets; each node
  * delivers to the targets it has sessions for and ignores the rest. The
  * origin node delivers its own events at once, without the round trip,
@@ -95,6 +96,7 @@ struct bus_redis {
     struct bus base;
     struct redis_url url;
     char node[BR_NODE_MAX];
+    char channel[64];             /* RK_CHANNEL ":" db */
     int ttl_ms;
 
     /* service thread only: this node's own events */
@@ -568,7 +570,7 @@ static void br_append_join(struct bus_redis *br, int64_t user_id,
     snprintf(keyttl, sizeof keyttl, "%d", br->ttl_ms * 3);
     snprintf(uid, sizeof uid, "%lld", (long long)user_id);
     argv[0] = "EVALSHA"; argv[1] = br->sha_join; argv[2] = "3";
-    argv[3] = key; argv[4] = RK_ONLINE; argv[5] = RK_CHANNEL;
+    argv[3] = key; argv[4] = RK_ONLINE; argv[5] = br->channel;
     argv[6] = ttl; argv[7] = keyttl; argv[8] = uid;
     for (i = 0; i < 9; i++)
         lens[i] = strlen(argv[i]);
@@ -601,7 +603,7 @@ static void br_append_leave(struct bus_redis *br, const struct br_item *it,
              (unsigned long long)it->conn_id);
     snprintf(uid, sizeof uid, "%lld", (long long)it->user_id);
     argv[0] = "EVALSHA"; argv[1] = br->sha_leave; argv[2] = "3";
-    argv[3] = key; argv[4] = RK_ONLINE; argv[5] = RK_CHANNEL;
+    argv[3] = key; argv[4] = RK_ONLINE; argv[5] = br->channel;
     argv[6] = member; argv[7] = uid; argv[8] = msg;
     for (i = 0; i < 8; i++)
         lens[i] = strlen(argv[i]);
@@ -664,7 +666,7 @@ static void br_run_items(struct bus_redis *br, struct br_item *items)
     if (br->ctx) {
         for (it = items; it; it = it->next, n++) {
             if (it->kind == BRI_PUBLISH) {
-                redisAppendCommand(br->ctx, "PUBLISH %s %b", RK_CHANNEL,
+                redisAppendCommand(br->ctx, "PUBLISH %s %b", br->channel,
                                    it->payload, it->len);
                 npub++;
             } else {
@@ -724,7 +726,7 @@ static void br_janitor(struct bus_redis *br)
     if (br->ctx == NULL)
         return;
     r = redisCommand(br->ctx, "EVALSHA %s 2 %s %s %s %d", br->sha_janitor,
-                     RK_ONLINE, RK_CHANNEL, RK_PRESENCE, BR_JANITOR_LIMIT);
+                     RK_ONLINE, br->channel, RK_PRESENCE, BR_JANITOR_LIMIT);
     if (r == NULL || r->type == REDIS_REPLY_ERROR) {
         char err[REDIS_CONN_ERRLEN];
         snprintf(err, sizeof err, "%s", r ? r->str : br->ctx->errstr);
@@ -860,7 +862,7 @@ static void *br_sub_main(void *arg)
         if (c == NULL) {
             c = redis_connect(&br->url, BR_TIMEOUT_MS, err, sizeof err);
             if (c) {
-                redisReply *r = redisCommand(c, "SUBSCRIBE %s", RK_CHANNEL);
+                redisReply *r = redisCommand(c, "SUBSCRIBE %s", br->channel);
                 if (r == NULL || r->type == REDIS_REPLY_ERROR) {
                     snprintf(err, sizeof err, "SUBSCRIBE: %s",
                              r ? r->str : c->errstr);
@@ -1009,6 +1011,9 @@ struct bus *bus_redis_create(const struct bus_redis_config *cfg,
         return NULL;
     }
     snprintf(br->node, sizeof br->node, "%s", cfg->node_id);
+    /* Pub/sub ignores SELECT: the database number in the channel keeps
+     * clusters on different databases of one Redis apart. */
+    snprintf(br->channel, sizeof br->channel, RK_CHANNEL ":%d", br->url.db);
     br->ttl_ms = cfg->presence_ttl_ms > 0 ? cfg->presence_ttl_ms : 30000;
     br->base.ops = &bus_redis_ops;
     br->base.deliver = deliver;
