@@ -1015,6 +1015,14 @@ struct bus *bus_redis_create(const struct bus_redis_config *cfg,
      * clusters on different databases of one Redis apart. */
     snprintf(br->channel, sizeof br->channel, RK_CHANNEL ":%d", br->url.db);
     br->ttl_ms = cfg->presence_ttl_ms > 0 ? cfg->presence_ttl_ms : 30000;
+    if (metrics_redis_up == NULL) {
+        struct metrics_family *f = metrics_find("chat_redis_up");
+        if (f == NULL)
+            f = metrics_gauge_new("chat_redis_up", "1 while both Redis "
+                                  "connections of the bus (publish, "
+                                  "subscribe) are up.", NULL);
+        metrics_redis_up = metrics_child(f, NULL);
+    }
     br->base.ops = &bus_redis_ops;
     br->base.deliver = deliver;
     br->base.arg = arg;

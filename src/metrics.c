@@ -1018,10 +1018,6 @@ int metrics_init(const char *version)
                             "Events that did not reach the other nodes "
                             "(Redis down or behind); clients recover them "
                             "with sync.", NULL)), NULL);
-    metrics_redis_up = metrics_child(metrics_std(&ok,
-        metrics_gauge_new("chat_redis_up",
-                          "1 when both Redis connections of the bus are up "
-                          "(0 without Redis).", NULL)), NULL);
     metrics_log_lines_dropped = metrics_child(metrics_std(&ok,
         metrics_counter_new("chat_log_lines_dropped_total",
                             "Log lines dropped because the log queue was "
