@@ -24,9 +24,11 @@
 /* What an event is. MESSAGE, READ, TYPING and PRESENCE carry a frame for
  * the targets' sessions. LOGOUT closes the sessions of targets[0] whose
  * session id is `subject`. CONTACTS tells the targets (a new
- * conversation's members) that they now share a conversation. */
+ * conversation's members) that they now share a conversation. SPREAD says
+ * that user targets[0] has sessions on `subject` nodes (their rate limit
+ * is shared out among them). */
 enum bus_kind { BUS_MESSAGE = 1, BUS_READ, BUS_TYPING, BUS_PRESENCE,
-                BUS_LOGOUT, BUS_CONTACTS };
+                BUS_LOGOUT, BUS_CONTACTS, BUS_SPREAD };
 
 /* One event for a set of users. Owned by the bus once published; the
  * deliver callback borrows it for the duration of the call. */
@@ -39,9 +41,11 @@ struct bus_event {
     uint64_t except_conn;        /* not this socket of the origin node
                                     (0: none; 0 on the other nodes) */
     /* PRESENCE with no targets: for every user who shares a conversation
-     * with `subject` (the user the presence is about). LOGOUT: the
-     * session id. */
+     * with `subject` (the user the presence is about). TYPING: who types.
+     * LOGOUT: the session id. SPREAD: the number of nodes. */
     int64_t subject;
+    int64_t conv_id;             /* MESSAGE, TYPING: the conversation */
+    int64_t seq;                 /* MESSAGE: its seq (delivery order) */
     int remote;                  /* it came from another node */
     char *frame;                 /* the JSON text frame (owned) */
     size_t len;

@@ -19,7 +19,7 @@
  * with `sync`.
  *
  * Message on the channel: a header line, then the frame as is:
- *   C1 ORIGIN KIND EXCEPT_USER EXCEPT_CONN SUBJECT N T1 ... TN\n FRAME
+ *   C1 ORIGIN KIND EXCEPT_USER EXCEPT_CONN SUBJECT CONV SEQ N T1 ... TN\n FRAME
  * ORIGIN is the publishing node's id, or "-" for events every node
  * delivers, its origin included (presence decided in Redis).
  *
@@ -129,12 +129,31 @@ struct bus_redis {
     "local t = redis.call('TIME')\n" \
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
+/* How many nodes hold the sessions in sorted set k (members NODE:CONN). */
+#define BR_LUA_NODES \
+    "local function nodes(k)\n" \
+    "  local seen, n = {}, 0\n" \
+    "  for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do\n" \
+    "    local nd = string.match(m, '^(.*):[^:]*$')\n" \
+    "    if nd and not seen[nd] then seen[nd] = true; n = n + 1 end\n" \
+    "  end\n" \
+    "  return n\n" \
+    "end\n" \
+    "local function spread(ch, user, n)\n" \
+    "  redis.call('PUBLISH', ch, 'C1 - 7 0 0 ' .. n .. ' 0 0 1 ' .. user .." \
+    " '\\n')\n" \
+    "end\n"
+
 /* KEYS: presence set, online index, channel. ARGV: ttl ms, key ttl ms,
  * user id, presence message ("" for none), members... Returns how many
- * live sessions the user had before. */
+ * live sessions the user had before. Publishes SPREAD when the number of
+ * nodes holding the user's sessions changed (a node that died counts
+ * until its sessions expire). */
 static const char br_lua_join[] =
     BR_LUA_NOW
+    BR_LUA_NODES
     "local exp = string.format('%.0f', now + tonumber(ARGV[1]))\n"
+    "local n0 = nodes(KEYS[1])\n"
     "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
     "local before = redis.call('ZCARD', KEYS[1])\n"
     "for i = 5, #ARGV do redis.call('ZADD', KEYS[1], exp, ARGV[i]) end\n"
@@ -143,6 +162,8 @@ static const char br_lua_join[] =
     "if before == 0 and ARGV[4] ~= '' then\n"
     "  redis.call('PUBLISH', KEYS[3], ARGV[4])\n"
     "end\n"
+    "local n1 = nodes(KEYS[1])\n"
+    "if n1 ~= n0 and (n0 > 0 or n1 > 1) then spread(KEYS[3], ARGV[3], n1) end\n"
     "return before\n";
 
 /* KEYS: presence set, online index, channel. ARGV: member, user id,
@@ -150,9 +171,15 @@ static const char br_lua_join[] =
  * sessions away (not when a janitor already had). */
 static const char br_lua_leave[] =
     BR_LUA_NOW
+    BR_LUA_NODES
+    "local n0 = nodes(KEYS[1])\n"
     "local removed = redis.call('ZREM', KEYS[1], ARGV[1])\n"
     "removed = removed + redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
-    "if redis.call('ZCARD', KEYS[1]) > 0 then return 0 end\n"
+    "if redis.call('ZCARD', KEYS[1]) > 0 then\n"
+    "  local n1 = nodes(KEYS[1])\n"
+    "  if n1 ~= n0 then spread(KEYS[3], ARGV[2], n1) end\n"
+    "  return 0\n"
+    "end\n"
     "redis.call('DEL', KEYS[1])\n"
     "redis.call('ZREM', KEYS[2], ARGV[2])\n"
     "if removed > 0 and ARGV[3] ~= '' then\n"
@@ -174,7 +201,7 @@ static const char br_lua_janitor[] =
     "  if #top == 0 then\n"
     "    redis.call('DEL', k)\n"
     "    redis.call('ZREM', KEYS[1], u)\n"
-    "    redis.call('PUBLISH', KEYS[2], 'C1 - 4 0 0 ' .. u .. ' 0\\n'"
+    "    redis.call('PUBLISH', KEYS[2], 'C1 - 4 0 0 ' .. u .. ' 0 0 0\\n'"
     " .. '{\"type\":\"presence\",\"user_id\":' .. u .. ',\"online\":false}')\n"
     "    n = n + 1\n"
     "  else\n"
@@ -192,10 +219,12 @@ static char *br_encode(const char *origin, const struct bus_event *ev,
     struct util_buf b = { 0 };
     size_t i;
 
-    util_buf_printf(&b, "C1 %s %d %lld %llu %lld %zu", origin ? origin : "-",
-                    (int)ev->kind, (long long)ev->except_user,
+    util_buf_printf(&b, "C1 %s %d %lld %llu %lld %lld %lld %zu",
+                    origin ? origin : "-", (int)ev->kind,
+                    (long long)ev->except_user,
                     (unsigned long long)ev->except_conn,
-                    (long long)ev->subject, ev->ntargets);
+                    (long long)ev->subject, (long long)ev->conv_id,
+                    (long long)ev->seq, ev->ntargets);
     for (i = 0; i < ev->ntargets; i++)
         util_buf_printf(&b, " %lld", (long long)ev->targets[i]);
     util_buf_puts(&b, "\n");
@@ -234,7 +263,7 @@ static struct bus_event *br_decode(const struct bus_redis *br,
 {
     const char *end = msg + len, *p, *nl = memchr(msg, '\n', len);
     const char *origin, *oend;
-    long long kind, except_user, except_conn, subject, n, t;
+    long long kind, except_user, except_conn, subject, conv, seq, n, t;
     struct bus_event *ev;
     size_t i;
 
@@ -250,9 +279,10 @@ static struct bus_event *br_decode(const struct bus_redis *br,
     p = oend;
     if (br_next_int(&p, nl, &kind) || br_next_int(&p, nl, &except_user) ||
         br_next_int(&p, nl, &except_conn) || br_next_int(&p, nl, &subject) ||
+        br_next_int(&p, nl, &conv) || br_next_int(&p, nl, &seq) ||
         br_next_int(&p, nl, &n))
         return NULL;
-    if (kind < BUS_MESSAGE || kind > BUS_CONTACTS || n < 0 || n > 1000000)
+    if (kind < BUS_MESSAGE || kind > BUS_SPREAD || n < 0 || n > 1000000)
         return NULL;
     ev = bus_event_new((enum bus_kind)kind, NULL, 0, nl + 1,
                        (size_t)(end - nl - 1));
@@ -269,6 +299,8 @@ static struct bus_event *br_decode(const struct bus_redis *br,
     /* A connection id means something on its own node only. */
     ev->except_conn = 0;
     ev->subject = subject;
+    ev->conv_id = conv;
+    ev->seq = seq;
     ev->remote = origin[0] != '-' || oend - origin != 1;
     return ev;
 }

@@ -74,6 +74,7 @@ int hub_conn_ready(struct hub *h, struct ws_conn *c, const int64_t *contacts,
     if (u == NULL) {
         u = xcalloc(1, sizeof *u);
         u->user_id = c->user_id;
+        u->spread = 1;
         u->tokens = HUB_RATE_BURST;
         u->tokens_ms = util_now_ms();
         if (ncontacts) {
@@ -169,7 +170,8 @@ int hub_rate_take(struct hub_user *u, int64_t now_ms)
     if (elapsed > 0) {
         u->tokens += elapsed * HUB_RATE_PER_S;
         if (u->tokens > HUB_RATE_BURST)
-            u->tokens = HUB_RATE_BURST;
+            u->spread = 1;
+        u->tokens = HUB_RATE_BURST;
         u->tokens_ms = now_ms;
     }
     if (u->tokens < 1.0)
@@ -187,6 +189,11 @@ int hub_typing_allowed(struct hub_user *u, int64_t conv_id, int64_t now_ms)
         return 0;
     hmap_put(&u->typing, (uint64_t)conv_id, (void *)(intptr_t)(now_ms | 1));
     return 1;
+}
+
+void hub_typing_seen(struct hub_user *u, int64_t conv_id, int64_t now_ms)
+{
+    hmap_put(&u->typing, (uint64_t)conv_id, (void *)(intptr_t)(now_ms | 1));
 }
 
 const struct hub_members *hub_members(const struct hub *h, int64_t conv_id)

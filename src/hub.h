@@ -25,6 +25,8 @@ struct hub_user {
     size_t nconns;
     int64_t *contacts;            /* sorted user ids; owned */
     size_t ncontacts;
+    int spread;                   /* nodes holding the user's sessions
+                                     (Redis): each enforces its share */
     double tokens;                /* rate limit bucket */
     int64_t tokens_ms;            /* when it was last filled */
     struct hmap typing;           /* conversation id -> last typing (ms) */
@@ -74,6 +76,8 @@ void hub_user_add_contacts(struct hub_user *u, const int64_t *ids, size_t n);
 int hub_rate_take(struct hub_user *u, int64_t now_ms);
 /* 1 when the user may send typing for conv now (and records it). */
 int hub_typing_allowed(struct hub_user *u, int64_t conv_id, int64_t now_ms);
+/* Records a typing the user sent through another node. */
+void hub_typing_seen(struct hub_user *u, int64_t conv_id, int64_t now_ms);
 
 const struct hub_members *hub_members(const struct hub *h, int64_t conv_id);
 void hub_members_put(struct hub *h, int64_t conv_id, const int64_t *ids,

@@ -120,6 +120,7 @@ struct metrics_child *metrics_store_batch_size;
 struct metrics_child *metrics_bus_published;
 struct metrics_child *metrics_bus_received;
 struct metrics_child *metrics_bus_dropped;
+struct metrics_child *metrics_bus_late;
 struct metrics_child *metrics_redis_up;
 
 /* --- doubles as bits --- */
@@ -1018,6 +1019,11 @@ int metrics_init(const char *version)
                             "Events that did not reach the other nodes "
                             "(Redis down or behind); clients recover them "
                             "with sync.", NULL)), NULL);
+    metrics_bus_late = metrics_child(metrics_std(&ok,
+        metrics_counter_new("chat_bus_late_messages_total",
+                            "Messages from other nodes that arrived after a "
+                            "later one of their conversation had gone out "
+                            "here; clients fill such gaps.", NULL)), NULL);
     metrics_log_lines_dropped = metrics_child(metrics_std(&ok,
         metrics_counter_new("chat_log_lines_dropped_total",
                             "Log lines dropped because the log queue was "
@@ -1075,5 +1081,6 @@ void metrics_reset_for_tests(void)
     metrics_bus_published = NULL;
     metrics_bus_received = NULL;
     metrics_bus_dropped = NULL;
+    metrics_bus_late = NULL;
     metrics_redis_up = NULL;
 }

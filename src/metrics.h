@@ -190,6 +190,7 @@ extern struct metrics_child *metrics_store_batch_size;        /* histogram */
 extern struct metrics_child *metrics_bus_published;
 extern struct metrics_child *metrics_bus_received;
 extern struct metrics_child *metrics_bus_dropped;
+extern struct metrics_child *metrics_bus_late;
 /* Registered by the Redis bus only (no sample without Redis). */
 extern struct metrics_child *metrics_redis_up;                /* gauge */
 

@@ -41,6 +41,9 @@
 
 #define SERVER_CHUNK 65536
 #define SERVER_DRAIN_NS (8LL * 1000000000)
+/* A body over HTTP_BODY_MAX but not over this is read (and dropped)
+ * before the 413. */
+#define SERVER_DRAIN_BODY_MAX (1024 * 1024)
 
 enum server_phase { SERVER_READING = 0, SERVER_WAITING, SERVER_HEADERS,
                     SERVER_BODY };
@@ -426,6 +429,11 @@ static int server_http_begin(struct server *srv, struct server_conn *pc,
     if (clen > HTTP_BODY_MAX) {
         pc->req->too_large = 1;
         pc->req->close_after = 1;
+        /* Up to SERVER_DRAIN_BODY_MAX, the body is read and dropped before
+         * the 413: a proxy still writing it would otherwise meet a closed
+         * socket and answer 502 instead of our 413. */
+        if (clen <= SERVER_DRAIN_BODY_MAX)
+            return 0;
         server_dispatch(srv, pc);
         return 0;
     }
@@ -440,8 +448,8 @@ static int server_http_body(struct server *srv, struct server_conn *pc,
 {
     struct http_req *r = pc->req;
 
-    if (r == NULL || pc->phase != SERVER_READING)
-        return 0;               /* answered already (e.g. 413): discard */
+    if (r == NULL || pc->phase != SERVER_READING || r->too_large)
+        return 0;               /* answered already, or to be 413: discard */
     if (r->body.len + len > HTTP_BODY_MAX) {
         r->too_large = 1;
         r->close_after = 1;
@@ -608,6 +616,8 @@ struct server *server_create(const struct config *cfg, struct http_api *api,
         return NULL;
     }
     atomic_store(&server_context, srv->context);
+    if (chat)
+        ws_chat_set_context(chat, srv->context);
     return srv;
 }
 

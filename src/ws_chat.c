@@ -45,6 +45,11 @@ struct ws_chat {
     size_t inflight;              /* jobs in pools */
     int closing;                  /* shutting down: no new sockets */
     int redis;                    /* the bus is Redis */
+    struct lws_context *context;  /* for the order timer */
+    struct hmap order;            /* conversation id -> struct ws_order */
+    size_t nheld;                 /* conversations with held messages */
+    lws_sorted_usec_list_t sul_order;
+    int order_armed;
     int close_code;
 };
 
@@ -245,9 +250,12 @@ static void ws_conn_close(struct ws_conn *c, int code, const char *reason)
 
 /* ---- fan-out ------------------------------------------------------------- */
 
+/* Hands a frame to the bus. conv_id, seq and subject go with it (see
+ * struct bus_event); 0 when they do not apply. */
 static void ws_chat_publish(struct ws_chat *wc, enum bus_kind kind,
                             const int64_t *targets, size_t n,
                             int64_t except_user, uint64_t except_conn,
+                            int64_t conv_id, int64_t seq, int64_t subject,
                             struct util_buf *frame)
 {
     struct bus_event *ev;
@@ -259,8 +267,174 @@ static void ws_chat_publish(struct ws_chat *wc, enum bus_kind kind,
     ev = bus_event_new(kind, targets, n, frame->data, frame->len);
     ev->except_user = except_user;
     ev->except_conn = except_conn;
+    ev->conv_id = conv_id;
+    ev->seq = seq;
+    ev->subject = subject;
     util_buf_free(frame);
     bus_publish(wc->bus, ev);
+}
+
+/* ---- message order across nodes ---------------------------------------- *
+ *
+ * With Redis, a node delivers its own messages at once and the other
+ * nodes' a moment later, so two messages of one conversation committed on
+ * two nodes could reach a socket out of seq order. Each conversation's
+ * next expected seq is kept: a message ahead of it is held (at most
+ * WS_ORDER_HOLD_MS) until the ones before it arrive. A conversation this
+ * node has not seen yet has no known next seq: its first messages (unless
+ * seq 1) are held for that time and then go out in order. A message that
+ * arrives after a later one went out (held that long and more: a node or
+ * Redis stalled) is dropped: the clients, seeing the gap, fetch it (the
+ * protocol's gap rule), as for any frame Redis lost. */
+
+#define WS_ORDER_HOLD_MS 200
+#define WS_ORDER_MAX 100000      /* conversations tracked before a prune */
+
+struct ws_order {
+    int64_t next;                /* the seq expected next; 0: not known */
+    struct bus_event *held;      /* ahead of next, ascending seq */
+    int64_t deadline_ms;         /* when held ones go out anyway */
+};
+
+static void ws_chat_deliver_frame(struct ws_chat *wc,
+                                  const struct bus_event *ev);
+
+static struct bus_event *ws_order_copy(const struct bus_event *ev)
+{
+    struct bus_event *c = bus_event_new(ev->kind, ev->targets, ev->ntargets,
+                                        ev->frame, ev->len);
+
+    c->except_user = ev->except_user;
+    c->except_conn = ev->except_conn;
+    c->subject = ev->subject;
+    c->conv_id = ev->conv_id;
+    c->seq = ev->seq;
+    c->remote = ev->remote;
+    return c;
+}
+
+/* Delivers the held messages that are next in line (all of them, gaps
+ * and all, when force is set). */
+static void ws_order_release(struct ws_chat *wc, struct ws_order *o,
+                             int force)
+{
+    while (o->held && (force || o->held->seq == o->next)) {
+        struct bus_event *ev = o->held;
+        o->held = ev->next;
+        if (ev->seq >= o->next) {
+            ws_chat_deliver_frame(wc, ev);
+            o->next = ev->seq + 1;
+        }
+        bus_event_free(ev);
+    }
+    if (o->held == NULL && o->deadline_ms) {
+        o->deadline_ms = 0;
+        wc->nheld--;
+    }
+}
+
+static void ws_order_tick(lws_sorted_usec_list_t *sul)
+{
+    struct ws_chat *wc = lws_container_of(sul, struct ws_chat, sul_order);
+    int64_t now = util_now_ms();
+    size_t i = 0;
+    uint64_t k;
+    void *v;
+
+    wc->order_armed = 0;
+    while (wc->nheld && hmap_next(&wc->order, &i, &k, &v)) {
+        struct ws_order *o = v;
+        if (o->held && o->deadline_ms <= now)
+            ws_order_release(wc, o, 1);
+    }
+    if (wc->nheld && wc->context) {
+        wc->order_armed = 1;
+        lws_sul_schedule(wc->context, 0, &wc->sul_order, ws_order_tick,
+                         WS_ORDER_HOLD_MS / 5 * LWS_US_PER_MS);
+    }
+}
+
+/* Forgets every conversation with nothing held (the map's size cap). */
+static void ws_order_prune(struct ws_chat *wc)
+{
+    struct hmap keep = { 0 };
+    size_t i = 0;
+    uint64_t k;
+    void *v;
+
+    while (hmap_next(&wc->order, &i, &k, &v)) {
+        struct ws_order *o = v;
+        if (o->held)
+            hmap_put(&keep, k, o);
+        else
+            free(o);
+    }
+    hmap_free(&wc->order);
+    wc->order = keep;
+}
+
+static void ws_order_free_all(struct ws_chat *wc)
+{
+    size_t i = 0;
+    uint64_t k;
+    void *v;
+
+    while (hmap_next(&wc->order, &i, &k, &v)) {
+        struct ws_order *o = v;
+        while (o->held) {
+            struct bus_event *ev = o->held;
+            o->held = ev->next;
+            bus_event_free(ev);
+        }
+        free(o);
+    }
+    hmap_free(&wc->order);
+}
+
+/* A message event: delivered now, held, or dropped (see above). */
+static void ws_order_message(struct ws_chat *wc, const struct bus_event *ev)
+{
+    struct ws_order *o = hmap_get(&wc->order, (uint64_t)ev->conv_id);
+    struct bus_event **pp, *copy;
+
+    if (o == NULL) {
+        if (wc->order.len >= WS_ORDER_MAX)
+            ws_order_prune(wc);
+        o = xcalloc(1, sizeof *o);
+        o->next = ev->seq == 1 ? 1 : 0;
+        hmap_put(&wc->order, (uint64_t)ev->conv_id, o);
+    }
+    if (o->next && ev->seq < o->next) {
+        metrics_counter_inc(metrics_bus_late);
+        return;
+    }
+    if (o->next && ev->seq == o->next) {
+        ws_chat_deliver_frame(wc, ev);
+        o->next++;
+        ws_order_release(wc, o, 0);
+        return;
+    }
+    for (pp = &o->held; *pp && (*pp)->seq < ev->seq; pp = &(*pp)->next)
+        ;
+    if (*pp && (*pp)->seq == ev->seq)
+        return;                  /* already held */
+    copy = ws_order_copy(ev);
+    copy->next = *pp;
+    *pp = copy;
+    if (o->deadline_ms == 0) {
+        o->deadline_ms = util_now_ms() + WS_ORDER_HOLD_MS;
+        wc->nheld++;
+    }
+    if (!wc->order_armed && wc->context) {
+        wc->order_armed = 1;
+        lws_sul_schedule(wc->context, 0, &wc->sul_order, ws_order_tick,
+                         WS_ORDER_HOLD_MS / 5 * LWS_US_PER_MS);
+    }
+}
+
+void ws_chat_set_context(struct ws_chat *wc, struct lws_context *context)
+{
+    wc->context = context;
 }
 
 /* Presence about a user to the users of this node who share a
@@ -309,6 +483,13 @@ static void ws_chat_deliver_control(struct ws_chat *wc,
         }
         return;
     }
+    if (ev->kind == BUS_SPREAD && ev->ntargets == 1) {
+        struct hub_user *u = hub_user(&wc->hub, ev->targets[0]);
+        if (u)
+            u->spread = ev->subject < 1 ? 1 : ev->subject > 64 ? 64
+                                                              : (int)ev->subject;
+        return;
+    }
     if (ev->kind != BUS_CONTACTS)
         return;
     for (i = 0; i < ev->ntargets; i++) {
@@ -323,14 +504,34 @@ static void ws_chat_deliver_control(struct ws_chat *wc,
 static void ws_chat_deliver(void *arg, const struct bus_event *ev)
 {
     struct ws_chat *wc = arg;
+
+    if (ev->kind == BUS_LOGOUT || ev->kind == BUS_CONTACTS ||
+        ev->kind == BUS_SPREAD) {
+        ws_chat_deliver_control(wc, ev);
+        return;
+    }
+    if (ev->kind == BUS_TYPING && ev->remote && ev->subject) {
+        /* The typer's sessions here count it toward their throttle. */
+        struct hub_user *u = hub_user(&wc->hub, ev->subject);
+        if (u)
+            hub_typing_seen(u, ev->conv_id, util_now_ms());
+    }
+    if (ev->kind == BUS_MESSAGE && wc->redis && ev->seq > 0 &&
+        ev->conv_id > 0) {
+        ws_order_message(wc, ev);
+        return;
+    }
+    ws_chat_deliver_frame(wc, ev);
+}
+
+/* Queues ev's frame on every ready local socket of its targets. */
+static void ws_chat_deliver_frame(struct ws_chat *wc,
+                                  const struct bus_event *ev)
+{
     struct ws_frame *f = NULL;
     size_t i, n = 0;
     int debug = ev->kind == BUS_MESSAGE && log_enabled(LOG_DEBUG);
 
-    if (ev->kind == BUS_LOGOUT || ev->kind == BUS_CONTACTS) {
-        ws_chat_deliver_control(wc, ev);
-        return;
-    }
     if (ev->kind == BUS_PRESENCE && ev->ntargets == 0) {
         ws_chat_deliver_subject(wc, ev);
         return;
@@ -374,7 +575,8 @@ void ws_chat_message_stored(struct ws_chat *wc, const struct store_msg *m,
     util_buf_puts(&b, "{\"type\":\"message\",\"message\":");
     proto_json_message(&b, m);
     util_buf_puts(&b, "}");
-    ws_chat_publish(wc, BUS_MESSAGE, members, n, 0, except_conn, &b);
+    ws_chat_publish(wc, BUS_MESSAGE, members, n, 0, except_conn,
+                    m->conversation_id, m->seq, m->sender_id, &b);
 }
 
 void ws_chat_read_moved(struct ws_chat *wc, int64_t user_id, int64_t conv_id,
@@ -386,7 +588,8 @@ void ws_chat_read_moved(struct ws_chat *wc, int64_t user_id, int64_t conv_id,
     util_buf_printf(&b, "{\"type\":\"read\",\"conversation_id\":%lld,"
                     "\"user_id\":%lld,\"seq\":%lld}", (long long)conv_id,
                     (long long)user_id, (long long)seq);
-    ws_chat_publish(wc, BUS_READ, members, n, 0, except_conn, &b);
+    ws_chat_publish(wc, BUS_READ, members, n, 0, except_conn, conv_id, 0,
+                    user_id, &b);
 }
 
 void ws_chat_logout(struct ws_chat *wc, int64_t user_id, int64_t session_id)
@@ -737,7 +940,8 @@ static void ws_chat_typing_deliver(struct ws_chat *wc, struct ws_conn *c,
     util_buf_printf(&b, "{\"type\":\"typing\",\"conversation_id\":%lld,"
                     "\"user_id\":%lld}", (long long)conv_id,
                     (long long)c->user_id);
-    ws_chat_publish(wc, BUS_TYPING, m->ids, m->n, c->user_id, 0, &b);
+    ws_chat_publish(wc, BUS_TYPING, m->ids, m->n, c->user_id, 0, conv_id, 0,
+                    c->user_id, &b);
 }
 
 static void ws_done_members(struct ws_chat *wc, struct ws_conn *c,
@@ -1433,6 +1637,7 @@ void ws_chat_free(struct ws_chat *wc)
     if (wc == NULL)
         return;
     bus_close(wc->bus);
+    ws_order_free_all(wc);
     hub_free(&wc->hub);
     free(wc);
 }

@@ -113,6 +113,8 @@ void ws_chat_logout(struct ws_chat *wc, int64_t user_id, int64_t session_id);
 void ws_chat_conversation_created(struct ws_chat *wc,
                                   const struct store_conv *c);
 int ws_chat_is_online(const struct ws_chat *wc, int64_t user_id);
+/* The loop's context, for the chat's timers (server_create sets it). */
+void ws_chat_set_context(struct ws_chat *wc, struct lws_context *context);
 /* The Redis bus's health for /ready ("ok" or why not; 1 when ok), or -1
  * when the node runs without Redis. Any thread. */
 int ws_chat_redis_status(const struct ws_chat *wc, char *out, size_t outlen);

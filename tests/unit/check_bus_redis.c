@@ -12,7 +12,8 @@
  * node with its targets, frame bytes and except_user intact and the
  * origin's connection id cleared; presence is decided cluster-wide (the
  * first session anywhere announces, a second one on another node does
- * not, the last one leaving announces offline); a node that stops without
+ * not but tells both nodes the user is on two, the last one leaving
+ * announces offline); a node that stops without
  * leaving (as with SIGKILL) has its sessions expire and the other node's
  * janitor announces the user offline; /ready's status text; the cache's
  * session and member entries, their deletion and their metrics.
@@ -187,20 +188,34 @@ START_TEST(test_presence_is_cluster_wide)
     ck_assert_int_eq(lb.targets[0][0], 8);
     ck_assert_str_eq(lb.frames[0],
                      "{\"type\":\"presence\",\"user_id\":7,\"online\":true}");
-    /* A second session, on the other node (its first there): silence. */
+    /* A second session, on the other node (its first there): no
+     * presence, but both nodes learn that user 7 is on two nodes now (each
+     * enforces half of the rate limit). */
     bus_session(b, 7, 1, 1, 1, contacts, 2);
-    /* The first leaves (its node's last): still online on n2: silence. */
-    bus_session(a, 7, 1, 0, 1, contacts, 2);
-    usleep(300000);
-    pump(a, &la, 2, b, &lb, 2, 100);
-    ck_assert_int_eq(la.n, 1);
-    ck_assert_int_eq(lb.n, 1);
-    /* The last session in the cluster leaves: offline, everywhere. */
-    bus_session(b, 7, 1, 0, 1, contacts, 2);
     pump(a, &la, 2, b, &lb, 2, 5000);
     ck_assert_int_eq(la.n, 2);
     ck_assert_int_eq(lb.n, 2);
-    ck_assert_str_eq(la.frames[1],
+    ck_assert_int_eq(la.kinds[1], BUS_SPREAD);
+    ck_assert_uint_eq(la.ntargets[1], 1);
+    ck_assert_int_eq(la.targets[1][0], 7);
+    ck_assert_int_eq(la.subject[1], 2);
+    /* The first leaves (its node's last): still online on n2: no
+     * presence; one node again. */
+    bus_session(a, 7, 1, 0, 1, contacts, 2);
+    pump(a, &la, 3, b, &lb, 3, 5000);
+    ck_assert_int_eq(lb.kinds[2], BUS_SPREAD);
+    ck_assert_int_eq(lb.subject[2], 1);
+    usleep(300000);
+    pump(a, &la, 4, b, &lb, 4, 100);
+    ck_assert_int_eq(la.n, 3);
+    ck_assert_int_eq(lb.n, 3);
+    /* The last session in the cluster leaves: offline, everywhere. */
+    bus_session(b, 7, 1, 0, 1, contacts, 2);
+    pump(a, &la, 4, b, &lb, 4, 5000);
+    ck_assert_int_eq(la.n, 4);
+    ck_assert_int_eq(lb.n, 4);
+    ck_assert_int_eq(la.kinds[3], BUS_PRESENCE);
+    ck_assert_str_eq(la.frames[3],
                      "{\"type\":\"presence\",\"user_id\":7,\"online\":false}");
     bus_close(a);
     bus_close(b);
