@@ -22,14 +22,15 @@ DEPS_BUILD=(
 # `docker-compose config` only, no Docker daemon) and shellcheck for the
 # monitoring suite, python3 with pytest and websockets for the integration tests,
 # chromium (driven by playwright-core from npm, which never downloads a
-# browser of its own) and an emoji font for the browser tests. Node.js and
-# npm come from Debian when there is no node at all (see deps_node).
+# browser of its own) and an emoji font for the browser tests, nginx and
+# openssl (a throwaway certificate) for the proxy example's test. Node.js
+# and npm come from Debian when there is no node at all (see deps_node).
 DEPS_TEST=(
 	postgresql redis-server prometheus
 	prometheus-postgres-exporter prometheus-redis-exporter
 	prometheus-node-exporter python3-yaml docker-compose shellcheck
 	python3 python3-pytest python3-websockets curl
-	chromium fonts-noto-color-emoji
+	chromium fonts-noto-color-emoji nginx openssl
 )
 
 # The load generator runs libwebsockets on libuv loops; the Postgres run

@@ -8,6 +8,10 @@
 #                                pg_ctl shutdown mode (fast, or immediate
 #                                to act like a crash)
 #   tests/servers.sh pg-start DIR        start it again on the same port
+#   tests/servers.sh redis-stop DIR [MODE]  stop Redis alone; MODE is
+#                                shutdown (SHUTDOWN NOSAVE, the default) or
+#                                kill (SIGKILL, to act like a crash)
+#   tests/servers.sh redis-start DIR     start it again on the same port
 #
 # `eval "$(tests/servers.sh start "$dir")"` sets CHATD_TEST_PG_URL and
 # CHATD_TEST_REDIS_URL; the same lines are kept in DIR/env. Everything the
@@ -25,7 +29,8 @@ servers_die() {
 }
 
 servers_usage() {
-	echo "usage: $0 start|reset|stop|pg-start DIR | pg-stop DIR [MODE]" >&2
+	echo "usage: $0 start|reset|stop|pg-start|redis-start DIR |" \
+		"pg-stop|redis-stop DIR [MODE]" >&2
 	exit 2
 }
 
@@ -279,6 +284,40 @@ servers_pg_start() {
 	servers_pg_ctl_start "$dir"
 }
 
+# Stops Redis alone (the outage tests): SHUTDOWN NOSAVE, or SIGKILL.
+servers_redis_stop() {
+	local dir=$1 mode=$2 pid i
+	case "$mode" in
+	shutdown | kill) ;;
+	*) servers_die "redis-stop: unknown mode '$mode' (shutdown, kill)" ;;
+	esac
+	servers_load_ports "$dir"
+	pid=$(cat "$dir/redis.pid" 2>/dev/null || true)
+	servers_pid_is "$pid" redis || servers_die "$dir: redis is not running"
+	if [[ "$mode" == kill ]]; then
+		kill -KILL "$pid" 2>/dev/null || true
+	else
+		redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave \
+			>/dev/null 2>&1 || true
+	fi
+	for ((i = 0; i < 100; i++)); do
+		servers_pid_is "$pid" redis || break
+		sleep 0.1
+	done
+	servers_pid_is "$pid" redis && servers_die "redis $pid did not stop"
+	# SIGKILL leaves the pid file behind; `stop` and `redis-start` read it.
+	rm -f "$dir/redis.pid"
+}
+
+servers_redis_start() {
+	local dir=$1 pid
+	servers_load_ports "$dir"
+	[[ -n "$REDIS_PORT" ]] || servers_die "$dir: not started"
+	pid=$(cat "$dir/redis.pid" 2>/dev/null || true)
+	! servers_pid_is "$pid" redis || servers_die "$dir: redis is running"
+	servers_start_redis "$dir"
+}
+
 servers_stop() {
 	local dir=$1
 	[[ -d "$dir" ]] || return 0
@@ -287,7 +326,8 @@ servers_stop() {
 	servers_stop_pg "$dir"
 }
 
-[[ $# -eq 2 || ($# -eq 3 && "$1" == pg-stop) ]] || servers_usage
+[[ $# -eq 2 || ($# -eq 3 && ("$1" == pg-stop || "$1" == redis-stop)) ]] ||
+	servers_usage
 servers_dir=$(cd "$2" 2>/dev/null && pwd) || {
 	[[ "$1" == stop ]] && exit 0
 	servers_die "$2 is not a directory"
@@ -298,5 +338,7 @@ reset) servers_reset "$servers_dir" ;;
 stop) servers_stop "$servers_dir" ;;
 pg-stop) servers_pg_stop "$servers_dir" "${3:-fast}" ;;
 pg-start) servers_pg_start "$servers_dir" ;;
+redis-stop) servers_redis_stop "$servers_dir" "${3:-shutdown}" ;;
+redis-start) servers_redis_start "$servers_dir" ;;
 *) servers_usage ;;
 esac

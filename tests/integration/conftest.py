@@ -14,11 +14,26 @@ so tests can read what the server logged.
 Tests that need a process of their own (command line, startup errors,
 logs after shutdown) use `ChatdProcess` directly.
 
+When CHATD_TEST_REDIS_URL names a Redis server as well, every module runs
+a third time on "cluster": two chatd nodes in Redis mode on one Postgres
+database (`ChatdCluster`), where each WebSocket the tests open and each
+HTTP request they make goes to the next node in turn, so the protocol
+suite runs with its clients spread over two nodes; its log helpers read
+both nodes' logs. A module that cannot run there for a reason that is not
+a server bug (it expects the /ready body of a chatd without Redis, one
+process's /metrics, a restart) says so with a module-level
+`pytestmark = pytest.mark.single_node("why")`; its tests are then
+deselected on "cluster".
+
 Environment: CHATD_BIN is the built chatd, CHATD_TEST_DATA_DIR the source
 tree (passed as --data-dir, for migrations/ and web/), CHATD_TEST_PG_URL
-(optional) a Postgres server the tests may create databases on.
+(optional) a Postgres server the tests may create databases on,
+CHATD_TEST_REDIS_URL (optional) a Redis server the tests may flush
+databases 1 to 13 of (14 is check_bus_redis's, which `make -j check` may
+run at the same time).
 """
 
+import itertools
 import json
 import os
 import shutil
@@ -34,7 +49,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from chatd_client import Client  # noqa: E402
+from chatd_client import Client, wait_for  # noqa: E402
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
@@ -251,10 +266,28 @@ def pg_database():
     return name, url
 
 
-@pytest.fixture(scope="module", params=backends())
+def cluster_available():
+    """Both servers a cluster needs are there."""
+    return bool(os.environ.get("CHATD_TEST_PG_URL")
+                and os.environ.get("CHATD_TEST_REDIS_URL"))
+
+
+def server_params():
+    """What the `server` fixture runs on: backends(), and "cluster" when
+    both Postgres and Redis are there."""
+    names = backends()
+    if cluster_available():
+        names.append("cluster")
+    return names
+
+
+@pytest.fixture(scope="module", params=server_params())
 def server(request):
     """One chatd for the whole module on one backend, stopped (and
     checked) at the end."""
+    if request.param == "cluster":
+        yield from _cluster_server()
+        return
     tmpdir = tempfile.mkdtemp(prefix="chatd-it-")
     dbname, database = None, None
     if request.param == "postgres":
@@ -304,3 +337,341 @@ def tmp_dir():
     d = tempfile.mkdtemp(prefix="chatd-it-")
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+# -- several nodes: Redis mode -------------------------------------------------
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "single_node(reason): the module cannot run on the "
+        "two-node `cluster` server (it reads one process's log or "
+        "/metrics, restarts the server, ...); its tests are deselected "
+        "there")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselects the "cluster" instances of tests in single_node modules
+    (deselected, not skipped: there is nothing to run)."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if (callspec is not None
+                and callspec.params.get("server") == "cluster"
+                and item.get_closest_marker("single_node") is not None):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def require_cluster_servers():
+    """Fails (never skips) a test that needs Postgres and Redis when the
+    harness did not start them."""
+    missing = [v for v in ("CHATD_TEST_PG_URL", "CHATD_TEST_REDIS_URL")
+               if not os.environ.get(v)]
+    if missing:
+        pytest.fail("%s not set: this test needs real Postgres and Redis "
+                    "servers (tests/servers.sh start DIR)"
+                    % " and ".join(missing))
+
+
+def parse_redis_url(url):
+    """redis://[:password@]host:port[/db] -> (host, port, password, db)."""
+    if not url.startswith("redis://"):
+        raise ValueError("not a redis:// URL: %r" % url)
+    rest = url[len("redis://"):]
+    password = None
+    if "@" in rest:
+        auth, rest = rest.rsplit("@", 1)
+        password = auth.split(":", 1)[1] if ":" in auth else auth
+    hostport, _, db = rest.partition("/")
+    host, _, port = hostport.rpartition(":")
+    return host or "127.0.0.1", int(port or 6379), password, int(db or 0)
+
+
+def redis_url_with_db(url, db):
+    host, port, password, _ = parse_redis_url(url)
+    auth = ":%s@" % password if password else ""
+    return "redis://%s%s:%d/%d" % (auth, host, port, db)
+
+
+def _resp_read(f):
+    line = f.readline()
+    if not line.endswith(b"\r\n"):
+        raise OSError("redis closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RedisError(rest.decode("utf-8", "replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        return data[:-2]
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp_read(f) for _ in range(n)]
+    raise OSError("bad reply from redis: %r" % line[:100])
+
+
+class RedisError(Exception):
+    pass
+
+
+def redis_command(url, *args, timeout=5.0):
+    """Runs one command on the Redis at url (its db selected) over a fresh
+    connection; returns the reply (bulk strings as bytes)."""
+    host, port, password, db = parse_redis_url(url)
+    cmds = []
+    if password:
+        cmds.append(("AUTH", password))
+    if db:
+        cmds.append(("SELECT", str(db)))
+    cmds.append(args)
+    out = b""
+    for c in cmds:
+        parts = [a if isinstance(a, bytes) else str(a).encode() for a in c]
+        out += b"*%d\r\n" % len(parts)
+        for a in parts:
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(out)
+        f = sock.makefile("rb")
+        replies = [_resp_read(f) for _ in cmds]
+    return replies[-1]
+
+
+# Databases 1..13 of the test Redis, in turn, so that one cluster's
+# presence and cache keys never meet the next one's. 0 is left to others,
+# 14 is the unit tests' (tests/unit/check_bus_redis.c), 15 is spare.
+_redis_dbs = itertools.cycle(range(1, 14))
+
+
+def redis_test_db():
+    """CHATD_TEST_REDIS_URL with the next of its databases 1..13, emptied
+    (FLUSHDB). chatd names its pub/sub channel after the database
+    (chatd:bus:DB), so clusters on different databases do not hear each
+    other; two on one database would."""
+    require_cluster_servers()
+    url = redis_url_with_db(os.environ["CHATD_TEST_REDIS_URL"],
+                            next(_redis_dbs))
+    try:
+        assert redis_command(url, "FLUSHDB") == "OK"
+    except (OSError, RedisError) as exc:
+        pytest.fail("cannot FLUSHDB %s: %s" % (url, exc))
+    return url
+
+
+def cluster_ports(n):
+    """n free loopback ports, no two adjacent (the origin tests treat
+    port + 1 as a foreign origin)."""
+    ports = []
+    while len(ports) < n:
+        p = free_port()
+        if all(abs(p - q) > 1 for q in ports):
+            ports.append(p)
+    return ports
+
+
+class ClusterClient(Client):
+    """A Client whose every request goes to the next node of a cluster."""
+
+    def __init__(self, cluster, timeout=30.0):
+        self.cluster = cluster
+        self.host = cluster.host
+        self.timeout = timeout
+        self._turn = itertools.count()
+
+    @property
+    def port(self):
+        nodes = self.cluster.live_nodes()
+        return nodes[next(self._turn) % len(nodes)].port
+
+    def raw_request(self, *args, **kw):
+        # one node for both the Host header and the connection
+        return Client(self.host, self.port, self.timeout).raw_request(
+            *args, **kw)
+
+
+class ChatdCluster:
+    """n chatd nodes in Redis mode sharing one Postgres database and one
+    Redis database, each a ChatdProcess in a directory of its own.
+
+    database: a postgresql:// URL, or None for a fresh migrated database
+    of CHATD_TEST_PG_URL's server (dropped by close()). redis: a redis://
+    URL, or None for the next emptied database of CHATD_TEST_REDIS_URL.
+    presence_ttl: --presence-ttl for every node (None: chatd's default).
+    Each node has --node-id nodeI and allows the browser origins of every
+    node, so a socket may be opened on any node with any node's origin.
+
+    It stands in for a ChatdProcess where the `server` fixture is used:
+    `port` (and so ws_uri(), RawWs.to()) and client() take turns among
+    the live nodes; the log helpers read every node's log together.
+    nodes[i] (or node(i)) is one node, for tests that choose.
+    """
+
+    backend = "cluster"
+
+    def __init__(self, tmpdir, n=2, database=None, redis=None,
+                 presence_ttl=None, args=None, env=None):
+        require_cluster_servers()
+        self.tmpdir = tmpdir
+        self.host = "127.0.0.1"
+        self.dbname = None
+        if database is None:
+            self.dbname, database = pg_database()
+        self.database = database
+        self.redis = redis or redis_test_db()
+        self.presence_ttl = presence_ttl
+        ports = cluster_ports(n)
+        origins = []
+        for p in ports:
+            origins += ["--allowed-origin", "http://127.0.0.1:%d" % p,
+                        "--allowed-origin", "http://localhost:%d" % p]
+        self.nodes = []
+        for i, port in enumerate(ports):
+            d = os.path.join(tmpdir, "node%d" % i)
+            os.makedirs(d, exist_ok=True)
+            argv = ["--redis", self.redis, "--node-id", "node%d" % i]
+            if presence_ttl is not None:
+                argv += ["--presence-ttl", str(presence_ttl)]
+            argv += origins + list(args or [])
+            node = ChatdProcess(d, port=port, args=argv, database=database,
+                                env=env)
+            node.backend = "cluster"
+            node.name = "node%d" % i
+            self.nodes.append(node)
+        self._turn = itertools.count()
+
+    # -- one node, or the next one ----------------------------------------
+
+    def node(self, i):
+        return self.nodes[i]
+
+    def live_nodes(self):
+        live = [nd for nd in self.nodes
+                if nd.proc is not None and nd.proc.poll() is None]
+        return live or self.nodes
+
+    @property
+    def port(self):
+        nodes = self.live_nodes()
+        return nodes[next(self._turn) % len(nodes)].port
+
+    @property
+    def base_url(self):
+        return "http://%s:%d" % (self.host, self.port)
+
+    def client(self):
+        return ClusterClient(self)
+
+    # -- life -------------------------------------------------------------
+
+    def start(self, ready_timeout=START_TIMEOUT):
+        """Starts every node, waits for GET /health on each, then for GET
+        /ready 200 on each (its database and Redis both answer), so that
+        no test starts before every node is subscribed."""
+        for nd in self.nodes:
+            nd.start()
+        for nd in self.nodes:
+            self.wait_node_ready(nd, ready_timeout)
+        return self
+
+    @staticmethod
+    def wait_node_ready(node, timeout=START_TIMEOUT):
+        c = node.client()
+        last = []
+
+        def ready():
+            try:
+                r = c.get("/ready")
+            except OSError as exc:
+                last[:] = [exc]
+                return False
+            last[:] = [r]
+            return r.status == 200
+        if not wait_for(ready, timeout, 0.05):
+            pytest.fail("%s: GET /ready not 200 within %.0f s (last: %r); "
+                        "stderr:\n%s" % (getattr(node, "name", "node"),
+                                          timeout, last, node.stderr_text()))
+
+    def stop(self, signo=signal.SIGTERM, timeout=STOP_TIMEOUT):
+        """Stops every node still running; returns their exit codes (None
+        for a node never started)."""
+        return [nd.stop(signo, timeout) for nd in self.nodes]
+
+    def kill(self):
+        for nd in self.nodes:
+            nd.kill()
+
+    def _close_files(self):
+        for nd in self.nodes:
+            nd._close_files()
+
+    def close(self):
+        """Kills what still runs and drops the database it created."""
+        self.kill()
+        self._close_files()
+        if self.dbname is not None:
+            pg_admin("DROP DATABASE IF EXISTS %s WITH (FORCE)" % self.dbname)
+            self.dbname = None
+
+    def dead_nodes(self):
+        """(name, exit code, stderr) of every started node that exited."""
+        return [(nd.name, nd.proc.returncode, nd.stderr_text())
+                for nd in self.nodes
+                if nd.proc is not None and nd.proc.poll() is not None]
+
+    # -- what the nodes logged, all together --------------------------------
+
+    def stdout_bytes(self):
+        return b"".join(nd.stdout_bytes() for nd in self.nodes)
+
+    def stderr_text(self):
+        return "".join("--- %s ---\n%s" % (nd.name, nd.stderr_text())
+                       for nd in self.nodes)
+
+    def log_lines(self):
+        return [ln for nd in self.nodes for ln in nd.log_lines()]
+
+    def log_events(self):
+        return [ev for nd in self.nodes for ev in nd.log_events()]
+
+    def wait_event(self, predicate, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            for ev in self.log_events():
+                if isinstance(ev, dict) and predicate(ev):
+                    return ev
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+
+def _cluster_server():
+    """The `server` fixture on "cluster": two nodes, started, and checked
+    at the end as a single chatd is (alive, exit 0 on SIGTERM)."""
+    tmpdir = tempfile.mkdtemp(prefix="chatd-it-")
+    cluster = None
+    try:
+        cluster = ChatdCluster(tmpdir, n=2)
+        cluster.start()
+        yield cluster
+        dead = cluster.dead_nodes()
+        if dead:
+            pytest.fail("chatd died during the module: %s" % "; ".join(
+                "%s exit %s, stderr:\n%s" % d for d in dead))
+        codes = cluster.stop()
+        if any(c != 0 for c in codes):
+            pytest.fail("chatd nodes exited %s after SIGTERM, expected 0; "
+                        "stderr:\n%s" % (codes, cluster.stderr_text()))
+    finally:
+        if cluster is not None:
+            cluster.close()
+        shutil.rmtree(tmpdir, ignore_errors=True)

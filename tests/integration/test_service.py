@@ -4,7 +4,13 @@ X-Request-Id header that ties a response to its log lines."""
 
 import os
 
+import pytest
+
 from chatd_client import HEX32, assert_error
+
+# /ready of a node in Redis mode also names its "redis" check: test_ready
+# holds the body of a chatd without Redis (test_cluster.py checks that one).
+pytestmark = pytest.mark.single_node("/ready without Redis")
 
 
 def test_health(client):
