@@ -166,12 +166,16 @@ void hub_user_add_contacts(struct hub_user *u, const int64_t *ids, size_t n)
 int hub_rate_take(struct hub_user *u, int64_t now_ms)
 {
     double elapsed = (double)(now_ms - u->tokens_ms) / 1000.0;
+    /* A user with sessions on k nodes gets 1/k of the limit on each, so
+     * that together they stay within it. */
+    double k = u->spread > 1 ? (double)u->spread : 1.0;
 
+    if (u->tokens > HUB_RATE_BURST / k)
+        u->tokens = HUB_RATE_BURST / k;
     if (elapsed > 0) {
-        u->tokens += elapsed * HUB_RATE_PER_S;
-        if (u->tokens > HUB_RATE_BURST)
-            u->spread = 1;
-        u->tokens = HUB_RATE_BURST;
+        u->tokens += elapsed * HUB_RATE_PER_S / k;
+        if (u->tokens > HUB_RATE_BURST / k)
+            u->tokens = HUB_RATE_BURST / k;
         u->tokens_ms = now_ms;
     }
     if (u->tokens < 1.0)
