@@ -36,6 +36,7 @@ run at the same time).
 import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -81,7 +82,21 @@ def clean_env(extra=None):
 
 
 def free_port():
-    """A loopback port that was free a moment ago."""
+    """A loopback port that was free a moment ago, taken below the kernel's
+    ephemeral range (32768 and up by default) when one is free there: the
+    outgoing connections that chatd and the servers open meanwhile get
+    their local ports from that range, so they cannot take it before the
+    process that is to listen on it does."""
+    for _ in range(50):
+        port = random.randint(20000, 32000)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]

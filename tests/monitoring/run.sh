@@ -134,9 +134,11 @@ run_start() {
 }
 
 echo "run.sh: chatd, exporters and Prometheus" >&2
-run_start chatd env -u CHATD_REDIS "$run_chatd" --listen "127.0.0.1:$run_p_chatd" \
-	--database "$run_pg_super" --data-dir "$run_root" --log-level info \
-	--collect-interval-ms 1000
+# chatd as deployed: on Postgres and Redis (bus, presence, cache), so the
+# Redis-side series (chat_redis_up, chat_cache_*) exist for the rules.
+run_start chatd "$run_chatd" --listen "127.0.0.1:$run_p_chatd" \
+	--database "$run_pg_super" --redis "$CHATD_TEST_REDIS_URL" \
+	--data-dir "$run_root" --log-level info --collect-interval-ms 1000
 run_start postgres-exporter env \
 	DATA_SOURCE_NAME="postgresql://chatd_monitor@$run_pg_hostport/$run_pg_db?sslmode=disable" \
 	prometheus-postgres-exporter --web.listen-address="127.0.0.1:$run_p_pgx"

@@ -190,9 +190,6 @@ PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right",
 ABSENT_HERE = {
     "container_cpu_usage_seconds_total": "cAdvisor needs Docker",
     "container_memory_working_set_bytes": "cAdvisor needs Docker",
-    "chat_cache_hits_total": "chatd has not counted a cache lookup yet",
-    "chat_cache_requests_total": "chatd has not counted a cache lookup yet",
-    "chat_cache_operations_duration_seconds_bucket": "chatd has not counted a cache lookup yet",
     "chat_ws_frames_rejected_total": "the workload sends no bad frame",
     "chat_errors_total": "labelled: exists once an error was answered",
 }
