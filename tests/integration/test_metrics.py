@@ -781,11 +781,15 @@ def test_metrics_answers_fast_while_a_collector_query_is_stuck(backend,
                 stuck += 1
             time.sleep(0.04)
         times.sort()
-        p99 = times[math.ceil(0.99 * len(times)) - 1]
+        median = times[len(times) // 2]
         assert stuck >= 25, ("the collector was not seen stuck: only %d of "
                              "50 scrapes" % stuck)
-        assert times[-1] < 0.1, times[-5:]
-        assert p99 < 0.05, times[-5:]
+        # A /metrics that waited on the stuck query would take up to its
+        # 3 s limit. The bounds leave room for a loaded test machine (the
+        # sanitizer build, other suites): latency itself is measured in
+        # bench/ (docs/benchmarks.md), not asserted here.
+        assert times[-1] < 1.0, times[-5:]
+        assert median < 0.05, (median, times[-5:])
 
         def failed_once():
             fams, _ = scrape(proc)
