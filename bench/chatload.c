@@ -30,6 +30,7 @@
  * Build: cc -std=gnu11 -O2 -o chatload chatload.c \
  *          $(pkg-config --cflags --libs libwebsockets json-c libuv) -pthread -lm
  */
+#define _GNU_SOURCE /* memmem */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -210,6 +211,8 @@ static struct {
     double user_rate;
     double user_burst;
     char prefix[24];
+    const char *accounts;   /* "USERNAME TOKEN" lines: no register/login */
+    int fast_parse;         /* message and ack frames without json-c */
     const char *password;
     int connect_timeout;
 } chatload_opt = {
@@ -228,6 +231,7 @@ static struct {
     .user_burst = 90,
     .password = "bench-password",
     .connect_timeout = 60,
+    .fast_parse = 1,
 };
 
 /* ---- the run's shared state ------------------------------------------- */
@@ -619,18 +623,11 @@ static int64_t *user_send_slot(struct user *u, const char *cmid)
     return &u->sends[seq];
 }
 
-static void user_on_ack(struct load_thread *lt, struct user *u,
-                        struct json_object *frame, int refused)
+static void user_ack_cmid(struct load_thread *lt, struct user *u,
+                          const char *cmid, int refused)
 {
-    struct json_object *v;
     int64_t *slot, now;
-    const char *cmid;
 
-    if (!json_object_object_get_ex(frame, refused ? "ref" : "client_msg_id", &v)) {
-        lt->st.unknown_acks++;
-        return;
-    }
-    cmid = json_object_get_string(v);
     slot = user_send_slot(u, cmid);
     if (!slot) {
         lt->st.unknown_acks++;
@@ -660,12 +657,23 @@ static void user_on_ack(struct load_thread *lt, struct user *u,
         lws_callback_on_writable(u->wsi);
 }
 
-/* A `message` frame: count it; its body's leading "t<ns>m" is the send's
- * scheduled time, from which the delivery latency is measured. */
-static void user_on_message(struct load_thread *lt, struct json_object *frame)
+static void user_on_ack(struct load_thread *lt, struct user *u,
+                        struct json_object *frame, int refused)
 {
-    struct json_object *m, *b;
-    const char *body;
+    struct json_object *v;
+
+    if (!json_object_object_get_ex(frame, refused ? "ref" : "client_msg_id", &v)) {
+        lt->st.unknown_acks++;
+        return;
+    }
+    user_ack_cmid(lt, u, json_object_get_string(v), refused);
+}
+
+/* A `message` frame: count it; its body's leading "t<ns>m" is the send's
+ * scheduled time, from which the delivery latency is measured. body may
+ * be NULL (a message that is not ours). */
+static void user_on_message_body(struct load_thread *lt, const char *body)
+{
     int64_t now = chatload_now_ns(), sched;
     char *end;
 
@@ -674,15 +682,71 @@ static void user_on_message(struct load_thread *lt, struct json_object *frame)
         atomic_load(&chatload_phase) >= PHASE_MEASURE &&
         (chatload_t_end == 0 || now < chatload_t_end))
         lt->st.delivered_measured++;
-    if (!json_object_object_get_ex(frame, "message", &m) ||
-        !json_object_object_get_ex(m, "body", &b))
-        return;
-    body = json_object_get_string(b);
-    if (body[0] != 't')
+    if (!body || body[0] != 't')
         return;
     sched = strtoll(body + 1, &end, 10);
     if (*end == 'm')
         hist_record(&lt->st.deliver, now - sched);
+}
+
+static void user_on_message(struct load_thread *lt, struct json_object *frame)
+{
+    struct json_object *m, *b;
+
+    if (!json_object_object_get_ex(frame, "message", &m) ||
+        !json_object_object_get_ex(m, "body", &b)) {
+        user_on_message_body(lt, NULL);
+        return;
+    }
+    user_on_message_body(lt, json_object_get_string(b));
+}
+
+/*
+ * The two frames that make up nearly all the traffic, `message` and
+ * `ack`, are recognised by their fixed beginning (chatd writes them in
+ * one fixed field order: src/proto.c, src/ws_chat.c) and the one field
+ * needed is read in place, without building a JSON tree: with json-c for
+ * every frame, chatload spent more CPU than chatd on the fan-out
+ * workloads. Anything else, or a frame that does not look exactly as
+ * expected, goes through json-c. Returns 1 when the frame was handled.
+ */
+#define FRAME_MESSAGE "{\"type\":\"message\",\"message\":{\"message_id\":"
+#define FRAME_ACK "{\"type\":\"ack\",\"client_msg_id\":\""
+static int user_on_frame_fast(struct load_thread *lt, struct user *u,
+                              const char *in, size_t len)
+{
+    char cmid[128];
+    const char *p, *q, *end = in + len;
+
+    if (len > sizeof FRAME_MESSAGE && memcmp(in, FRAME_MESSAGE, sizeof FRAME_MESSAGE - 1) == 0) {
+        p = memmem(in, len, ",\"body\":\"", 9);
+        if (!p || end[-1] != '}' || end[-2] != '}')
+            return 0;
+        p += 9;
+        /* our bodies are "t<digits>m" then padding, no escapes */
+        for (q = p; q < end && *q != '"' && *q != '\\'; q++)
+            ;
+        if (q == end || *q != '"')
+            return 0;
+        /* only the leading "t<ns>m" matters */
+        len = (size_t)(q - p) < 32 ? (size_t)(q - p) : 32;
+        memcpy(cmid, p, len);
+        cmid[len] = '\0';
+        user_on_message_body(lt, cmid);
+        return 1;
+    }
+    if (len > sizeof FRAME_ACK && memcmp(in, FRAME_ACK, sizeof FRAME_ACK - 1) == 0) {
+        p = in + sizeof FRAME_ACK - 1;
+        for (q = p; q < end && *q != '"' && *q != '\\'; q++)
+            ;
+        if (q == end || *q != '"' || (size_t)(q - p) >= sizeof cmid || end[-1] != '}')
+            return 0;
+        memcpy(cmid, p, (size_t)(q - p));
+        cmid[q - p] = '\0';
+        user_ack_cmid(lt, u, cmid, 0);
+        return 1;
+    }
+    return 0;
 }
 
 static void user_on_frame(struct load_thread *lt, struct user *u,
@@ -691,6 +755,8 @@ static void user_on_frame(struct load_thread *lt, struct user *u,
     struct json_object *frame, *t, *c;
     const char *type;
 
+    if (chatload_opt.fast_parse && user_on_frame_fast(lt, u, in, len))
+        return;
     json_tokener_reset(lt->tok);
     frame = json_tokener_parse_ex(lt->tok, in, (int)len);
     if (!frame) {
@@ -859,11 +925,15 @@ static void *load_thread_main(void *arg)
     struct lws_context_creation_info info;
     void *loops[1];
 
-    for (int i = 0; i < lt->n_users; i++)
-        user_setup_account(&lt->users[i]);
+    if (!chatload_opt.accounts)
+        for (int i = 0; i < lt->n_users; i++)
+            user_setup_account(&lt->users[i]);
     pthread_barrier_wait(&chatload_barrier);
+    /* Idle sockets send nothing: accounts made in bulk keep the
+     * conversations they came with (their contacts still get presence). */
     for (int i = 0; i < lt->n_users; i++)
-        if (lt->users[i].index % chatload_opt.conv_size == 0)
+        if (lt->users[i].index % chatload_opt.conv_size == 0 &&
+            !(chatload_opt.accounts && chatload_opt.mode == CHATLOAD_IDLE))
             user_setup_conversation(&lt->users[i]);
     pthread_barrier_wait(&chatload_barrier);
 
@@ -981,6 +1051,27 @@ static long proc_rss_kib(int pid)
     return kib;
 }
 
+/* CPU seconds the whole machine spent busy (every core, every process,
+ * the kernel included), from /proc/stat; -1 if unknown. What is left
+ * after chatd, Postgres and chatload is what others took from the run. */
+static double machine_cpu_s(void)
+{
+    unsigned long long v[8] = { 0 };
+    FILE *f = fopen("/proc/stat", "r");
+    int n;
+
+    if (!f)
+        return -1;
+    n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
+               &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n != 8)
+        return -1;
+    /* user nice system idle iowait irq softirq steal: all but idle, iowait */
+    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) /
+           (double)sysconf(_SC_CLK_TCK);
+}
+
 static double self_cpu_s(void)
 {
     struct rusage ru;
@@ -999,6 +1090,7 @@ static void chatload_usage(FILE *f)
           "                [--duration S] [--warmup S] [--drain S] [--threads T]\n"
           "                [--body-bytes B] [--chatd-pid PID] [--pg-pid PID]\n"
           "                [--user-rate R] [--user-burst B] [--prefix P]\n"
+          "                [--accounts FILE] [--json-every-frame]\n"
           "\n"
           "  --url          chatd's address (http://127.0.0.1:8080)\n"
           "  --users        users, one socket each (200)\n"
@@ -1018,7 +1110,14 @@ static void chatload_usage(FILE *f)
           "                 children\n"
           "  --user-rate    frames/s per user (19, under chatd's limit of 20)\n"
           "  --user-burst   bucket size per user (90, under chatd's 100)\n"
-          "  --prefix       username prefix (random); reuse it to reuse users\n",
+          "  --prefix       username prefix (random); reuse it to reuse users\n"
+          "  --accounts     users that exist already, one \"USERNAME TOKEN\" line\n"
+          "                 each (a session token; bench/bulkload.py makes\n"
+          "                 them): no registration or login, so thousands of\n"
+          "                 users set up in seconds; with --idle, no\n"
+          "                 conversations are made either\n"
+          "  --json-every-frame  parse message and ack frames with json-c too\n"
+          "                 (by default they are read in place: cheaper)\n",
           f);
 }
 
@@ -1067,6 +1166,8 @@ static void chatload_parse(int argc, char **argv)
         { "user-rate", required_argument, NULL, 'R' },
         { "user-burst", required_argument, NULL, 'B' },
         { "prefix", required_argument, NULL, 'x' },
+        { "accounts", required_argument, NULL, 'a' },
+        { "json-every-frame", no_argument, NULL, 'J' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -1097,6 +1198,8 @@ static void chatload_parse(int argc, char **argv)
         case 'P': chatload_opt.pg_pid = atoi(optarg); break;
         case 'R': chatload_opt.user_rate = atof(optarg); break;
         case 'B': chatload_opt.user_burst = atof(optarg); break;
+        case 'a': chatload_opt.accounts = optarg; break;
+        case 'J': chatload_opt.fast_parse = 0; break;
         case 'x':
             snprintf(chatload_opt.prefix, sizeof chatload_opt.prefix, "%s", optarg);
             break;
@@ -1134,6 +1237,32 @@ static void chatload_parse(int argc, char **argv)
                 chatload_opt.rate / chatload_opt.users, chatload_opt.user_rate);
 }
 
+/* --accounts: user i is line i of the file, "USERNAME TOKEN". */
+static void chatload_load_accounts(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char line[512], name[64], token[160];
+    int i = 0;
+
+    if (!f)
+        chatload_die("--accounts %s: %s", path, strerror(errno));
+    while (i < chatload_opt.users && fgets(line, sizeof line, f)) {
+        struct user *u = &chatload_users[i];
+
+        if (sscanf(line, "%63s %159s", name, token) != 2 ||
+            strlen(name) >= sizeof u->name || strlen(token) >= sizeof u->token)
+            chatload_die("--accounts %s: line %d is not \"USERNAME TOKEN\"",
+                         path, i + 1);
+        memcpy(u->name, name, strlen(name) + 1);
+        memcpy(u->token, token, strlen(token) + 1);
+        i++;
+    }
+    fclose(f);
+    if (i < chatload_opt.users)
+        chatload_die("--accounts %s: %d accounts for --users %d", path, i,
+                     chatload_opt.users);
+}
+
 static void chatload_sleep_until(int64_t t)
 {
     int64_t now;
@@ -1163,7 +1292,7 @@ int main(int argc, char **argv)
     int n_codes = 0, n_closes = 0, nt;
     int64_t t0, deadline;
     double chatd_cpu0 = -1, chatd_cpu1 = -1, pg_cpu0 = -1, pg_cpu1 = -1;
-    double self0, self1, secs;
+    double self0, self1, machine0, machine1, secs;
     long rss_before = -1, rss_after = -1;
     uint64_t lost, run_nonce;
     struct timespec rt;
@@ -1189,6 +1318,8 @@ int main(int argc, char **argv)
         snprintf(chatload_users[i].cmid_stem, sizeof chatload_users[i].cmid_stem,
                  "%" PRIx64 ".%d", run_nonce, i);
     }
+    if (chatload_opt.accounts)
+        chatload_load_accounts(chatload_opt.accounts);
     for (int t = 0; t < nt; t++) {
         struct load_thread *lt = &chatload_threads[t];
         int a = (int)((int64_t)chatload_opt.users * t / nt);
@@ -1251,6 +1382,7 @@ int main(int argc, char **argv)
     if (chatload_opt.pg_pid)
         pg_cpu0 = proc_tree_cpu_s(chatload_opt.pg_pid);
     self0 = self_cpu_s();
+    machine0 = machine_cpu_s();
     atomic_store(&chatload_phase, PHASE_MEASURE);
     chatload_sleep_until(chatload_t_end);
     atomic_store(&chatload_phase, PHASE_DRAIN);
@@ -1259,6 +1391,7 @@ int main(int argc, char **argv)
     if (chatload_opt.pg_pid)
         pg_cpu1 = proc_tree_cpu_s(chatload_opt.pg_pid);
     self1 = self_cpu_s();
+    machine1 = machine_cpu_s();
     if (chatload_opt.mode == CHATLOAD_IDLE && chatload_opt.chatd_pid)
         rss_after = proc_rss_kib(chatload_opt.chatd_pid);
 
@@ -1344,6 +1477,10 @@ int main(int argc, char **argv)
                100.0 * (pg_cpu1 - pg_cpu0) / secs, pg_cpu1 - pg_cpu0);
     printf("chatload cpu           %.1f%% of one core (%.2f s)\n",
            100.0 * (self1 - self0) / secs, self1 - self0);
+    if (machine0 >= 0 && machine1 >= 0)
+        printf("machine cpu            %.1f%% of one core (all %ld cores, "
+               "everything running)\n", 100.0 * (machine1 - machine0) / secs,
+               sysconf(_SC_NPROCESSORS_ONLN));
     if (rss_before >= 0 && rss_after >= 0)
         printf("chatd rss              %ld KiB before the sockets, %ld KiB with "
                "them (%.2f KiB per socket)\n", rss_before, rss_after,
@@ -1352,7 +1489,8 @@ int main(int argc, char **argv)
     /* One line for scripts. */
     printf("RESULT mode=%s users=%d conv=%d acked_per_s=%.0f deliveries_per_s=%.0f "
            "p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f lost=%" PRIu64
-           " dup=%" PRIu64 " refused=%" PRIu64 " chatd_cpu=%.0f pg_cpu=%.0f self_cpu=%.0f\n",
+            " dup=%" PRIu64 " refused=%" PRIu64 " chatd_cpu=%.0f pg_cpu=%.0f self_cpu=%.0f"
+           " machine_cpu=%.0f\n",
            chatload_opt.mode == CHATLOAD_OPEN ? "open" :
            chatload_opt.mode == CHATLOAD_CLOSED ? "closed" : "idle",
            chatload_opt.users, chatload_opt.conv_size,
@@ -1362,7 +1500,8 @@ int main(int argc, char **argv)
            tot.dup_acks, tot.refused,
            chatd_cpu0 >= 0 ? 100.0 * (chatd_cpu1 - chatd_cpu0) / secs : -1.0,
            pg_cpu0 >= 0 ? 100.0 * (pg_cpu1 - pg_cpu0) / secs : -1.0,
-           100.0 * (self1 - self0) / secs);
+           100.0 * (self1 - self0) / secs,
+           machine0 >= 0 && machine1 >= 0 ? 100.0 * (machine1 - machine0) / secs : -1.0);
 
     for (int i = 0; i < chatload_opt.users; i++) {
         free(chatload_users[i].sends);

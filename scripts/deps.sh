@@ -34,8 +34,8 @@ DEPS_TEST=(
 )
 
 # The load generator runs libwebsockets on libuv loops; the Postgres run
-# uses the throwaway servers.
-DEPS_BENCH=(libuv1-dev postgresql redis-server python3)
+# uses the throwaway servers; the scripts wait on chatd with curl.
+DEPS_BENCH=(libuv1-dev postgresql redis-server python3 curl)
 
 deps_usage() {
 	echo "usage: $0 build|test|bench" >&2
