@@ -45,8 +45,6 @@
  */
 #include "bus.h"
 
-#include <errno.h>
-#include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>

@@ -95,13 +95,10 @@ int hub_conn_ready(struct hub *h, struct ws_conn *c, const int64_t *contacts,
     return first;
 }
 
-int hub_conn_remove(struct hub *h, struct ws_conn *c, int64_t **contacts,
-                    size_t *ncontacts)
+int hub_conn_remove(struct hub *h, struct ws_conn *c)
 {
     struct hub_user *u;
 
-    *contacts = NULL;
-    *ncontacts = 0;
     if (c->id == 0)
         return 0;
     hmap_del(&h->conns, c->id);
@@ -122,9 +119,6 @@ int hub_conn_remove(struct hub *h, struct ws_conn *c, int64_t **contacts,
     if (u->nconns > 0)
         return 0;
     hmap_del(&h->users, (uint64_t)u->user_id);
-    *contacts = u->contacts;
-    *ncontacts = u->ncontacts;
-    u->contacts = NULL;
     hub_user_free(u);
     return 1;
 }

@@ -61,10 +61,8 @@ struct ws_conn *hub_conn(const struct hub *h, uint64_t id);
 int hub_conn_ready(struct hub *h, struct ws_conn *c, const int64_t *contacts,
                    size_t ncontacts);
 /* Forgets the session. Returns 1 when it was its user's last one here (the
- * user went offline); *contacts then receives the user's contacts (the
- * caller frees them). */
-int hub_conn_remove(struct hub *h, struct ws_conn *c, int64_t **contacts,
-                    size_t *ncontacts);
+ * user left this node). */
+int hub_conn_remove(struct hub *h, struct ws_conn *c);
 
 struct hub_user *hub_user(const struct hub *h, int64_t user_id);
 /* 1 when user_id is among u's contacts. */

@@ -1411,8 +1411,8 @@ static int ws_established(struct ws_chat *wc, struct ws_conn *c,
 
 static void ws_closed(struct ws_chat *wc, struct ws_conn *c)
 {
-    int64_t *contacts = NULL, *left = NULL;
-    size_t ncontacts = 0, nleft = 0;
+    int64_t *contacts = NULL;
+    size_t ncontacts = 0;
     int last;
     /* user_id is set only as the socket joins the hub. */
     int was_ready = c->state == WS_READY ||
@@ -1430,8 +1430,7 @@ static void ws_closed(struct ws_chat *wc, struct ws_conn *c)
             memcpy(contacts, u->contacts, ncontacts * sizeof *contacts);
         }
     }
-    last = hub_conn_remove(&wc->hub, c, &left, &nleft);
-    free(left);
+    last = hub_conn_remove(&wc->hub, c);
     if (was_ready)
         bus_session(wc->bus, c->user_id, c->id, 0, last, contacts, ncontacts);
     atomic_store_explicit(&ws_chat_online, wc->hub.users.len,

@@ -33,7 +33,7 @@ import pytest
 from chatd_client import wait_for
 from conftest import (ChatdCluster, chatd_bin, clean_env, data_dir,
                       require_cluster_servers)
-from ws_client import (Closed, check_ack, check_message_frame, connect,
+from ws_client import (check_ack, check_message_frame, connect, drain,
                        new_cmid, run)
 
 SERVERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
@@ -351,30 +351,6 @@ def test_logout_on_one_node_closes_the_sessions_sockets_on_others(cluster):
 
 
 # -- concurrency and idempotency across nodes -----------------------------------
-
-async def drain(session, want_acks, want_messages, timeout=60.0):
-    """Reads until want_acks acks and want_messages message frames came;
-    returns (acks, messages) in arrival order."""
-    acks, msgs = [], []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while len(acks) < want_acks or len(msgs) < want_messages:
-        left = deadline - loop.time()
-        assert left > 0, ("timed out: %d/%d acks, %d/%d messages"
-                          % (len(acks), want_acks, len(msgs), want_messages))
-        try:
-            f = await session.recv(timeout=left)
-        except Closed as e:
-            raise AssertionError("closed (%s) after %d acks, %d messages"
-                                 % (e.code, len(acks), len(msgs))) from None
-        if f["type"] == "ack":
-            acks.append(f)
-        elif f["type"] == "message":
-            msgs.append(check_message_frame(f))
-        elif f["type"] == "error":
-            raise AssertionError("error frame under load: %r" % (f,))
-    return acks, msgs
-
 
 def test_concurrent_senders_on_every_node(cluster):
     per_node, each = 3, 40

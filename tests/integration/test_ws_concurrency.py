@@ -5,7 +5,7 @@ receives every message it did not send, in seq order."""
 
 import asyncio
 
-from ws_client import (Closed, check_ack, check_message_frame, connect,
+from ws_client import (check_ack, connect, drain,
                        new_cmid, run)
 
 SENDERS = 20
@@ -22,31 +22,6 @@ def all_history(client, user, cid):
         if not r.json["has_more"]:
             return out
         after = out[-1]["seq"]
-
-
-async def drain(session, want_acks, want_messages, timeout=60.0):
-    """Reads until want_acks acks and want_messages message frames came;
-    returns (acks, message list) in arrival order."""
-    acks, msgs = [], []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while len(acks) < want_acks or len(msgs) < want_messages:
-        left = deadline - loop.time()
-        assert left > 0, ("timed out: %d/%d acks, %d/%d messages"
-                          % (len(acks), want_acks, len(msgs), want_messages))
-        try:
-            f = await session.recv(timeout=left)
-        except Closed as e:
-            raise AssertionError("closed (%s) after %d acks, %d messages"
-                                 % (e.code, len(acks), len(msgs))) from None
-        t = f["type"]
-        if t == "ack":
-            acks.append(f)
-        elif t == "message":
-            msgs.append(check_message_frame(f))
-        elif t == "error":
-            raise AssertionError("error frame under load: %r" % (f,))
-    return acks, msgs
 
 
 def test_20_senders_50_messages_each(client, server):

@@ -295,6 +295,31 @@ async def connect(server, token=None, *, cookie=None, origin=None,
     return s
 
 
+async def drain(session, want_acks, want_messages, timeout=60.0):
+    """Reads until want_acks acks and want_messages message frames came;
+    returns (acks, message list) in arrival order."""
+    acks, msgs = [], []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while len(acks) < want_acks or len(msgs) < want_messages:
+        left = deadline - loop.time()
+        assert left > 0, ("timed out: %d/%d acks, %d/%d messages"
+                          % (len(acks), want_acks, len(msgs), want_messages))
+        try:
+            f = await session.recv(timeout=left)
+        except Closed as e:
+            raise AssertionError("closed (%s) after %d acks, %d messages"
+                                 % (e.code, len(acks), len(msgs))) from None
+        t = f["type"]
+        if t == "ack":
+            acks.append(f)
+        elif t == "message":
+            msgs.append(check_message_frame(f))
+        elif t == "error":
+            raise AssertionError("error frame under load: %r" % (f,))
+    return acks, msgs
+
+
 async def close_all(*sessions):
     await asyncio.gather(*(s.close() for s in sessions))
 
