@@ -320,3 +320,39 @@ def test_live_messages_during_a_big_sync_do_not_close_the_socket(client,
 
     seqs, done = run(go(), timeout=120)
     assert seqs == set(range(1, 521))
+
+
+def test_frames_written_together_arrive_exact(client, server):
+    """chatd writes several queued frames in one write, framing them
+    itself: a sync of messages whose frames need each size of header (under
+    126 bytes, 16-bit and near the body limit) and add up to more than one
+    write must arrive as the same bodies, byte for byte, in order, then
+    `synced` (a short frame), with nothing in between or after."""
+    alice = client.new_user("scoal")
+    bob = client.new_user("scoalb")
+    cid = client.conversation(alice, bob).json["conversation_id"]
+    sizes = [1, 7, 60, 125, 126, 127, 1000, 16384, 16384, 16384, 16384,
+             16384, 3, 16383, 2, 65, 4000]
+    bodies = []
+    for i, n in enumerate(sizes):
+        stem = "x%dé-" % i                  # multi-byte UTF-8 too
+        body = (stem * n)[:n]
+        while len(body.encode()) > n:      # n bytes, whole characters
+            body = body[:-1]
+        bodies.append(body)
+        r = client.send(bob, cid, body)
+        assert r.status == 201, r
+
+    async def go():
+        s = await connect(server, alice.token)
+        msgs, done = await sync(s, {cid: 0}, timeout=30.0)
+        await s.ping()                     # the stream is still in step
+        extra = list(s.backlog)
+        await s.close()
+        return msgs, done, extra
+
+    msgs, done, extra = run(go(), timeout=60)
+    assert done["truncated"] == []
+    assert [m["seq"] for m in msgs] == list(range(1, len(sizes) + 1))
+    assert [m["body"] for m in msgs] == bodies
+    assert [f for f in extra if f.get("type") != "presence"] == []
