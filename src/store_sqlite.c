@@ -20,19 +20,27 @@
 
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "log.h"
 #include "util.h"
 
 #define STORE_SQLITE_BUSY_MS 5000
-/* WAL pages before a commit checkpoints (SQLite's default is 1000, 4 MB).
- * Under a steady stream of sends the index pages every batch dirties are
- * spread over the whole file; checkpointing ten times less often writes
- * a page dirtied by many batches back once instead of many times. */
+/* WAL pages before a checkpoint (SQLite's default is 1000, 4 MB). Under a
+ * steady stream of sends the index pages every batch dirties are spread
+ * over the whole file; checkpointing ten times less often writes a page
+ * dirtied by many batches back once instead of many times. The store
+ * thread's connection leaves checkpoints to a thread of its own (see
+ * "The checkpointer"); the other connections keep SQLite's automatic
+ * checkpoint at this size, as a backstop. */
 #define STORE_SQLITE_CHECKPOINT_PAGES 10000
+/* The checkpointer waits at least this long between two checkpoints. */
+#define STORE_SQLITE_CHECKPOINT_GAP_MS 20
 #define STORE_SQLITE_STR2(x) #x
 #define STORE_SQLITE_STR(x) STORE_SQLITE_STR2(x)
 /* The page cache of the connection that stores messages, in KiB (SQLite's
@@ -245,7 +253,148 @@ struct store_sqlite {
     sqlite3_stmt *stmt[SS__COUNT]; /* prepared on first use, else NULL */
     int ext;                    /* extended code of the last failure */
     int writer;                 /* has stored messages: the large cache is set */
+    struct store_sqlite_ckpt *ckpt; /* the writer's checkpointer, or NULL */
 };
+
+/* ---- the checkpointer --------------------------------------------------
+ *
+ * In WAL mode a commit that finds the WAL over the threshold copies it back
+ * into the database file (and fsyncs it) before it returns: the send batch
+ * that happens to commit then waits for the whole checkpoint, and so do
+ * the acks of every send queued behind it. The connection that stores
+ * messages hands checkpoints to a thread with a connection of its own
+ * instead: its commits only signal (the WAL hook), and the thread runs
+ * PASSIVE checkpoints, which never block a writer.
+ *
+ * The WAL starts over only at a write that finds all of it copied, which
+ * a background checkpoint never achieves while sends keep coming: each
+ * pass copies what was there when it began. So once the thread has copied
+ * all but the last STORE_SQLITE_CATCHUP_PAGES, the writer copies that
+ * small rest itself, after its commit, and its next transaction starts the
+ * WAL over. If the thread falls behind anyway, the writer checkpoints
+ * whatever the WAL holds at STORE_SQLITE_WAL_MAX_PAGES: the WAL is bounded
+ * whatever the load. */
+#define STORE_SQLITE_CATCHUP_PAGES (STORE_SQLITE_CHECKPOINT_PAGES / 4)
+#define STORE_SQLITE_WAL_MAX_PAGES (STORE_SQLITE_CHECKPOINT_PAGES * 4)
+
+struct store_sqlite_ckpt {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int pending;                /* the WAL passed the threshold */
+    int stop;
+    int log, copied;            /* the last pass: WAL frames, frames copied */
+    sqlite3 *db;
+};
+
+static void *store_sqlite_ckpt_main(void *arg)
+{
+    struct store_sqlite_ckpt *k = arg;
+
+    pthread_mutex_lock(&k->lock);
+    for (;;) {
+        int rc, wal = 0, copied = 0;
+
+        while (!k->pending && !k->stop)
+            pthread_cond_wait(&k->cond, &k->lock);
+        if (k->stop)
+            break;
+        k->pending = 0;
+        pthread_mutex_unlock(&k->lock);
+        rc = sqlite3_wal_checkpoint_v2(k->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
+                                       &wal, &copied);
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED)
+            log_event(LOG_WARN, "db_checkpoint_failed", NULL,
+                      LOG_STR("error", sqlite3_errmsg(k->db)), LF_END);
+        pthread_mutex_lock(&k->lock);
+        k->log = rc == SQLITE_OK ? wal : 0;
+        k->copied = rc == SQLITE_OK ? copied : 0;
+        pthread_mutex_unlock(&k->lock);
+        nanosleep(&(struct timespec){ 0, STORE_SQLITE_CHECKPOINT_GAP_MS *
+                                             1000000L }, NULL);
+        pthread_mutex_lock(&k->lock);
+    }
+    pthread_mutex_unlock(&k->lock);
+    return NULL;
+}
+
+/* After each commit of the writer, with the WAL's size in pages. */
+static int store_sqlite_wal_hook(void *arg, sqlite3 *db, const char *name,
+                                 int pages)
+{
+    struct store_sqlite_ckpt *k = arg;
+    int catch_up;
+
+    if (pages < STORE_SQLITE_CHECKPOINT_PAGES)
+        return SQLITE_OK;
+    pthread_mutex_lock(&k->lock);
+    /* A pass of this WAL (not of one before it started over) that left
+     * little behind; or a WAL that grew too large. */
+    catch_up = (k->log > 0 && k->log <= pages &&
+                pages - k->copied <= STORE_SQLITE_CATCHUP_PAGES) ||
+               pages >= STORE_SQLITE_WAL_MAX_PAGES;
+    if (catch_up) {
+        k->log = k->copied = 0;
+    } else if (!k->pending) {
+        k->pending = 1;
+        pthread_cond_signal(&k->cond);
+    }
+    pthread_mutex_unlock(&k->lock);
+    if (catch_up)
+        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL,
+                                  NULL);
+    return SQLITE_OK;
+}
+
+/* Starts the checkpointer of a file database; NULL (SQLite's automatic
+ * checkpoint stays) for an in-memory one or when it cannot start. */
+static struct store_sqlite_ckpt *store_sqlite_ckpt_start(sqlite3 *writer)
+{
+    const char *path = sqlite3_db_filename(writer, "main");
+    struct store_sqlite_ckpt *k;
+
+    if (path == NULL || path[0] == '\0')
+        return NULL;
+    k = xcalloc(1, sizeof *k);
+    if (sqlite3_open_v2(path, &k->db, SQLITE_OPEN_READWRITE |
+                                          SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK ||
+        /* a connection that has not read the file yet has no WAL open */
+        sqlite3_exec(k->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) !=
+            SQLITE_OK) {
+        sqlite3_close(k->db);
+        free(k);
+        return NULL;
+    }
+    pthread_mutex_init(&k->lock, NULL);
+    pthread_cond_init(&k->cond, NULL);
+    if (pthread_create(&k->thread, NULL, store_sqlite_ckpt_main, k) != 0) {
+        pthread_mutex_destroy(&k->lock);
+        pthread_cond_destroy(&k->cond);
+        sqlite3_close(k->db);
+        free(k);
+        return NULL;
+    }
+    sqlite3_wal_hook(writer, store_sqlite_wal_hook, k);
+    return k;
+}
+
+static void store_sqlite_ckpt_stop(sqlite3 *writer,
+                                   struct store_sqlite_ckpt *k)
+{
+    if (k == NULL)
+        return;
+    sqlite3_wal_hook(writer, NULL, NULL);
+    pthread_mutex_lock(&k->lock);
+    k->stop = 1;
+    pthread_cond_signal(&k->cond);
+    pthread_mutex_unlock(&k->lock);
+    pthread_join(k->thread, NULL);
+    pthread_mutex_destroy(&k->lock);
+    pthread_cond_destroy(&k->cond);
+    sqlite3_close(k->db);
+    free(k);
+}
 
 static struct store_sqlite *store_sqlite_of(struct store *s)
 {
@@ -467,6 +616,7 @@ static void store_sqlite_close(struct store *s)
     size_t i;
 
     store_sqlite_rollback(ss);
+    store_sqlite_ckpt_stop(ss->db, ss->ckpt);
     for (i = 0; i < SS__COUNT; i++)
         sqlite3_finalize(ss->stmt[i]);
     sqlite3_close(ss->db);
@@ -1306,6 +1456,7 @@ static int store_sqlite_send_batch(struct store *s, struct store_send *sends,
         snprintf(sql, sizeof sql, "PRAGMA cache_size=-%d",
                  STORE_SQLITE_WRITER_CACHE_KIB);
         sqlite3_exec(ss->db, sql, NULL, NULL, NULL);   /* a hint only */
+        ss->ckpt = store_sqlite_ckpt_start(ss->db);
         ss->writer = 1;
     }
     if (store_sqlite_begin(ss) != STORE_OK)

@@ -1228,6 +1228,67 @@ START_TEST(test_session_token_is_stored_only_as_its_hash)
 }
 END_TEST
 
+/* Bytes of a file, 0 if it is not there. */
+static long long check_store_file_size(const char *path)
+{
+    struct stat sb;
+
+    return stat(path, &sb) == 0 ? (long long)sb.st_size : 0;
+}
+
+/* Sends 40 batches of 100 messages of 16 KiB: about 66 MB of WAL. */
+static void check_store_send_lots(int64_t conv, int64_t sender, int round)
+{
+    static char body[16385];
+    struct store_send sd[100];
+    char cids[100][32];
+    int b, i;
+
+    memset(body, 'w', 16384);
+    for (b = 0; b < 40; b++) {
+        for (i = 0; i < 100; i++) {
+            snprintf(cids[i], sizeof cids[i], "r%d-%d-%d", round, b, i);
+            check_store_fill(&sd[i], conv, sender, cids[i], body, T0 + b);
+        }
+        ck_assert_msg(store_send_batch(st, sd, 100) == STORE_OK,
+                      "send_batch: %s", store_errstr(st));
+        for (i = 0; i < 100; i++)
+            ck_assert_int_eq(sd[i].rc, STORE_OK);
+        check_store_sends_clear(sd, 100);
+    }
+}
+
+/* The WAL is copied back into the database file while sends go on (by
+ * the store's checkpointer), and so it does not grow without bound. */
+START_TEST(test_wal_is_checkpointed_while_sends_go_on)
+{
+    int64_t a = check_store_user("wa"), b = check_store_user("wb");
+    int64_t ab = check_store_conv(a, &b, 1, NULL, T0);
+    char wal[1300];
+    long long db_size = 0, wal_size;
+    int round, i;
+
+    snprintf(wal, sizeof wal, "%s-wal", check_store_db_path);
+    for (round = 0; round < 3; round++)
+        check_store_send_lots(ab, a, round);
+    /* 3 x 66 MB sent: without checkpoints the WAL would hold all of it. */
+    for (i = 0; i < 100; i++) {
+        db_size = check_store_file_size(check_store_db_path);
+        if (db_size > 100LL * 1000 * 1000)
+            break;
+        usleep(50 * 1000);
+    }
+    wal_size = check_store_file_size(wal);
+    ck_assert_msg(db_size > 100LL * 1000 * 1000,
+                  "the database file holds %lld bytes after 198 MB of "
+                  "sends: the WAL was not copied back", db_size);
+    ck_assert_msg(wal_size < 150LL * 1000 * 1000,
+                  "the WAL holds %lld bytes after 198 MB of sends",
+                  wal_size);
+    ck_assert_int_eq(check_store_last_seq(ab, a), 12000);
+}
+END_TEST
+
 START_TEST(test_failed_batch_stores_nothing)
 {
     int64_t a = check_store_user("fa"), b = check_store_user("fb");
@@ -1841,9 +1902,11 @@ static Suite *check_store_suite(const char *kind)
         tc = tcase_create("sqlite_file");
         tcase_add_checked_fixture(tc, check_store_setup,
                                   check_store_teardown);
+        tcase_set_timeout(tc, 120);   /* the WAL case writes 200 MB */
         tcase_add_test(tc, test_events_are_recorded_with_their_changes);
         tcase_add_test(tc, test_session_token_is_stored_only_as_its_hash);
         tcase_add_test(tc, test_failed_batch_stores_nothing);
+        tcase_add_test(tc, test_wal_is_checkpointed_while_sends_go_on);
         suite_add_tcase(s, tc);
     } else {
         tc = tcase_create("postgres");
