@@ -59,6 +59,18 @@
     "SET lock_timeout = '2s'; " \
     "SET idle_in_transaction_session_timeout = '10s'"
 
+/* A send batch's transaction. Every statement of a batch reaches its rows
+ * by a key (unnest of the batch, then the primary key or the unique
+ * (sender_id, client_msg_id)), so the only good plan is index probes, at
+ * any table size. The statements are prepared once per connection and
+ * their generic plans are kept: without this, a plan made while a table
+ * was small (a fresh database, statistics from an empty table) hashes the
+ * whole of `messages` for every batch until an ANALYZE replans it. LOCAL:
+ * nothing else on the connection is affected. */
+#define STORE_PG_SEND_BEGIN \
+    "BEGIN; SET LOCAL enable_seqscan = off; " \
+    "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+
 /* The migrator may wait for the advisory lock and run long DDL. */
 #define STORE_PG_MIGRATE_SQL \
     "SET statement_timeout = 0; SET lock_timeout = 0"
@@ -1842,7 +1854,8 @@ static int store_pg_send_once(struct store_pg *sp, struct store_send *sends,
     store_pg_sends_reset(sends, n, STORE_ERR);
     for (i = 0; i < n; i++)
         slot[i].first = -1;
-    if (store_pg_begin(sp) != STORE_OK)
+    /* may be retried on a new connection: nothing ran yet */
+    if (store_pg_cmd(sp, STORE_PG_SEND_BEGIN, "begin", 1) != STORE_OK)
         return STORE_ERR;
     if (store_pg_send_lookup(sp, sends, n, slot) != STORE_OK)
         goto out;

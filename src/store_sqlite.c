@@ -39,7 +39,8 @@
  * "The checkpointer"); the other connections keep SQLite's automatic
  * checkpoint at this size, as a backstop. */
 #define STORE_SQLITE_CHECKPOINT_PAGES 10000
-/* The checkpointer waits at least this long between two checkpoints. */
+/* After a checkpoint that could copy nothing new (readers still need the
+ * frames), the checkpointer waits this long before it tries again. */
 #define STORE_SQLITE_CHECKPOINT_GAP_MS 20
 #define STORE_SQLITE_STR2(x) #x
 #define STORE_SQLITE_STR(x) STORE_SQLITE_STR2(x)
@@ -269,12 +270,13 @@ struct store_sqlite {
  * The WAL starts over only at a write that finds all of it copied, which
  * a background checkpoint never achieves while sends keep coming: each
  * pass copies what was there when it began. So once the thread has copied
- * all but the last STORE_SQLITE_CATCHUP_PAGES, the writer copies that
+ * all but the last STORE_SQLITE_CATCHUP_PAGES (plus two commits' worth, as
+ * a pass cannot copy the commit being written), the writer copies that
  * small rest itself, after its commit, and its next transaction starts the
  * WAL over. If the thread falls behind anyway, the writer checkpoints
  * whatever the WAL holds at STORE_SQLITE_WAL_MAX_PAGES: the WAL is bounded
  * whatever the load. */
-#define STORE_SQLITE_CATCHUP_PAGES (STORE_SQLITE_CHECKPOINT_PAGES / 4)
+#define STORE_SQLITE_CATCHUP_PAGES 256
 #define STORE_SQLITE_WAL_MAX_PAGES (STORE_SQLITE_CHECKPOINT_PAGES * 4)
 
 struct store_sqlite_ckpt {
@@ -284,6 +286,7 @@ struct store_sqlite_ckpt {
     int pending;                /* the WAL passed the threshold */
     int stop;
     int log, copied;            /* the last pass: WAL frames, frames copied */
+    int last_pages;             /* the WAL at the writer's previous commit */
     sqlite3 *db;
 };
 
@@ -293,7 +296,7 @@ static void *store_sqlite_ckpt_main(void *arg)
 
     pthread_mutex_lock(&k->lock);
     for (;;) {
-        int rc, wal = 0, copied = 0;
+        int rc, wal = 0, copied = 0, progress;
 
         while (!k->pending && !k->stop)
             pthread_cond_wait(&k->cond, &k->lock);
@@ -307,12 +310,17 @@ static void *store_sqlite_ckpt_main(void *arg)
             log_event(LOG_WARN, "db_checkpoint_failed", NULL,
                       LOG_STR("error", sqlite3_errmsg(k->db)), LF_END);
         pthread_mutex_lock(&k->lock);
+        /* Passes follow each other at once while they make progress: the
+         * less each leaves behind, the less the writer copies itself. */
+        progress = rc == SQLITE_OK && wal >= k->log && copied > k->copied;
         k->log = rc == SQLITE_OK ? wal : 0;
         k->copied = rc == SQLITE_OK ? copied : 0;
-        pthread_mutex_unlock(&k->lock);
-        nanosleep(&(struct timespec){ 0, STORE_SQLITE_CHECKPOINT_GAP_MS *
-                                             1000000L }, NULL);
-        pthread_mutex_lock(&k->lock);
+        if (!progress) {
+            pthread_mutex_unlock(&k->lock);
+            nanosleep(&(struct timespec){ 0, STORE_SQLITE_CHECKPOINT_GAP_MS *
+                                                 1000000L }, NULL);
+            pthread_mutex_lock(&k->lock);
+        }
     }
     pthread_mutex_unlock(&k->lock);
     return NULL;
@@ -323,15 +331,18 @@ static int store_sqlite_wal_hook(void *arg, sqlite3 *db, const char *name,
                                  int pages)
 {
     struct store_sqlite_ckpt *k = arg;
-    int catch_up;
+    int catch_up, commit;
 
+    /* the frames this commit added (the WAL may have started over) */
+    commit = pages > k->last_pages ? pages - k->last_pages : pages;
+    k->last_pages = pages;
     if (pages < STORE_SQLITE_CHECKPOINT_PAGES)
         return SQLITE_OK;
     pthread_mutex_lock(&k->lock);
     /* A pass of this WAL (not of one before it started over) that left
      * little behind; or a WAL that grew too large. */
     catch_up = (k->log > 0 && k->log <= pages &&
-                pages - k->copied <= STORE_SQLITE_CATCHUP_PAGES) ||
+                pages - k->copied <= STORE_SQLITE_CATCHUP_PAGES + 2 * commit) ||
                pages >= STORE_SQLITE_WAL_MAX_PAGES;
     if (catch_up) {
         k->log = k->copied = 0;
