@@ -11,8 +11,8 @@ FROM debian:12-slim AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential autoconf automake pkg-config \
-      libwebsockets-dev libjson-c-dev libsqlite3-dev libpq-dev \
-      libhiredis-dev libcrypt-dev libssl-dev check \
+      libwebsockets-dev libwebsockets-evlib-uv libuv1-dev libjson-c-dev \
+      libsqlite3-dev libpq-dev libhiredis-dev libcrypt-dev libssl-dev check \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what the build reads: a configured source tree (build outputs,
@@ -30,7 +30,8 @@ RUN ./autogen.sh \
 FROM debian:12-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      libwebsockets17 libjson-c5 libsqlite3-0 libpq5 libhiredis0.14 \
+      libwebsockets17 libwebsockets-evlib-uv libuv1 libjson-c5 \
+      libsqlite3-0 libpq5 libhiredis0.14 \
       libcrypt1 libssl3 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home-dir /var/lib/chatd --create-home \

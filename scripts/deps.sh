@@ -12,9 +12,11 @@
 # without questions. Used by scripts/run.sh and scripts/test.sh.
 set -euo pipefail
 
+# chatd runs libwebsockets on a libuv loop: libuv's headers, and lws's
+# libuv event library (a plugin lws loads when the context starts).
 DEPS_BUILD=(
 	build-essential autoconf automake pkg-config
-	libwebsockets-dev libjson-c-dev libsqlite3-dev libpq-dev
+	libwebsockets-dev libwebsockets-evlib-uv libuv1-dev libjson-c-dev libsqlite3-dev libpq-dev
 	libhiredis-dev libcrypt-dev libssl-dev check
 )
 # postgresql and redis-server for the throwaway servers, prometheus for

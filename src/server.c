@@ -2,6 +2,12 @@
  * server.c - the service thread: one libwebsockets context serving HTTP
  * (and, through its own protocol, WebSocket) on one port.
  *
+ * The loop is libuv's (epoll): lws on its default poll() loop hands the
+ * kernel every socket on every wakeup, which with thousands of sockets
+ * costs more than the traffic (docs/benchmarks.md). The loop is ours,
+ * lent to lws, and run one turn at a time so that the drain logic can
+ * look at the state between turns.
+ *
  * Design: the lws loop never blocks. An HTTP request is read into a struct
  * http_req (headers at LWS_CALLBACK_HTTP, body chunks after), handed to
  * http_api_handle(), and either answered at once or queued on a worker
@@ -31,6 +37,7 @@
 #include <string.h>
 
 #include <libwebsockets.h>
+#include <uv.h>
 
 #include "auth.h"
 #include "http_api.h"
@@ -68,6 +75,7 @@ struct server {
     size_t inflight;              /* requests in a pool */
     size_t pending;               /* requests not yet answered in full */
     struct lws_sorted_usec_list sul_drain;
+    uv_loop_t loop;               /* lent to lws */
 };
 
 static _Atomic(struct lws_context *) server_context;
@@ -579,6 +587,7 @@ struct server *server_create(const struct config *cfg, struct http_api *api,
 {
     struct lws_context_creation_info info;
     struct server *srv;
+    void *loops[1];
 
     if (server_probe_listen(cfg->listen_host, cfg->listen_port, err,
                             errlen) != 0)
@@ -608,10 +617,21 @@ struct server *server_create(const struct config *cfg, struct http_api *api,
                    LWS_SERVER_OPTION_DISABLE_IPV6;
     if (strchr(cfg->listen_host, ':'))
         info.options &= ~(uint64_t)LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.options |= LWS_SERVER_OPTION_LIBUV;
+    if (uv_loop_init(&srv->loop) != 0) {
+        snprintf(err, errlen, "cannot start the event loop");
+        free(srv);
+        return NULL;
+    }
+    loops[0] = &srv->loop;
+    info.foreign_loops = loops;
     srv->context = lws_create_context(&info);
     if (srv->context == NULL) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use or "
-                 "not available)", cfg->listen_host, cfg->listen_port);
+                 "not available, or libwebsockets lacks its libuv event "
+                 "library)", cfg->listen_host, cfg->listen_port);
+        uv_run(&srv->loop, UV_RUN_NOWAIT);   /* whatever lws opened */
+        uv_loop_close(&srv->loop);
         free(srv);
         return NULL;
     }
@@ -639,9 +659,10 @@ int server_run(struct server *srv)
 {
     int closing_sockets = 0;
 
-    while (lws_service(srv->context, 0) >= 0) {
+    for (;;) {
         int64_t now;
 
+        uv_run(&srv->loop, UV_RUN_ONCE);
         if (!atomic_load(&srv->stopping))
             continue;
         now = util_mono_ns();
@@ -677,5 +698,8 @@ void server_free(struct server *srv)
         return;
     atomic_store(&server_context, NULL);
     lws_context_destroy(srv->context);
+    /* lws closes its handles on our loop: let them finish, then close it */
+    uv_run(&srv->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&srv->loop);
     free(srv);
 }

@@ -1559,10 +1559,13 @@ static int ws_writeable(struct ws_chat *wc, struct ws_conn *c)
     int n;
 
     if (c->state == WS_CLOSING && c->close_code && c->qlen == 0) {
-        lws_close_reason(c->wsi, (enum lws_close_status)c->close_code,
-                         (unsigned char *)c->close_reason,
-                         strlen(c->close_reason));
-        return -1;
+        /* Everything queued is written: close from the timer callback.
+         * libwebsockets 4.1 on libuv, built with _DEBUG as distributions
+         * ship it, drops the close frame of a socket closed from its
+         * WRITEABLE callback (the client would see 1006); from the timer
+         * it sends it and does the closing handshake. */
+        lws_set_timer_usecs(c->wsi, 1);
+        return 0;
     }
     if (c->qlen == 0)
         return 0;
@@ -1622,6 +1625,13 @@ static int ws_chat_cb(struct lws *wsi, enum lws_callback_reasons reason,
             return 0;
         return ws_writeable(wc, c);
     case LWS_CALLBACK_TIMER:
+        if (c && c->id && c->state == WS_CLOSING && c->close_code &&
+            c->qlen == 0) {
+            lws_close_reason(wsi, (enum lws_close_status)c->close_code,
+                             (unsigned char *)c->close_reason,
+                             strlen(c->close_reason));
+            return -1;
+        }
         if (c && c->id && c->state != WS_READY && c->state != WS_CLOSING)
             ws_conn_close(c, 4401, "authentication timeout");
         return 0;
