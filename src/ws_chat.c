@@ -1655,7 +1655,11 @@ void ws_chat_protocol(struct ws_chat *wc, struct lws_protocols *out)
     out->name = "chat.v1";
     out->callback = ws_chat_cb;
     out->per_session_data_size = sizeof(struct ws_conn);
-    out->rx_buffer_size = 16384;
+    /* lws's receive buffer, allocated per socket: a frame larger than it
+     * arrives in pieces, which ws_receive reassembles (up to WS_MSG_MAX).
+     * 4 KiB holds a typical chat frame whole; the pages of a larger buffer
+     * that a socket once touched stay resident for its whole life. */
+    out->rx_buffer_size = 4096;
     out->user = wc;
 }
 
