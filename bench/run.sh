@@ -16,7 +16,8 @@
 #                  the objects next to --chatd), and with --postgres,
 #                  Postgres's own ingest ceiling on the same server and
 #                  schema (bench/pgingest.c: COPY, INSERT ... SELECT FROM
-#                  unnest, and chatd's own transaction)
+#                  unnest, and chatd's own transaction), and the disk's
+#                  fdatasync latency (bench/fsync.py)
 #   --duration S   measured seconds per workload (default 10)
 #   --repeat R     runs of each workload (default 3): the table gives the
 #                  median and the range
@@ -319,6 +320,14 @@ run_ingest() {
 
 : >"$work/results"
 : >"$work/ingest"
+: >"$work/fsync"
+
+if ((baselines)); then
+	# The floor under every durable ack: one small write made durable,
+	# on the file system the databases live on.
+	echo "run.sh: the disk's fdatasync latency (bench/fsync.py)" >&2
+	python3 "$bench_dir/fsync.py" --dir "$work" >"$work/fsync"
+fi
 
 pg_pid=""
 if run_backend sqlite; then
@@ -427,5 +436,10 @@ if [[ -s "$work/ingest" ]]; then
 			printf "%-16s %4d %-26s %-24s %-14s %-14s\n", order[i], runs[order[i]],
 				stat(r[order[i]]), stat(p[order[i]]), stat(c[order[i]]), stat(o[order[i]])
 	}' "$work/ingest"
+fi
+if [[ -s "$work/fsync" ]]; then
+	echo
+	echo "disk: 4 KiB write + fdatasync, back to back (bench/fsync.py)"
+	sed 's/^RESULT /  /' "$work/fsync"
 fi
 echo "run.sh: full reports in $work" >&2
