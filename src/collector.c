@@ -10,10 +10,16 @@
  *   -- labels: range
  *   SELECT ...;
  *
- * The query returns one column per label, then the value. Files named
- * NAME.sqlite.sql or NAME.postgres.sql are for that backend only; NAME.sql
- * is for both. Each query keeps its last rendered text; after every run the
- * thread joins them into one snapshot and swaps it in whole.
+ * The query returns one column per label, then the value. A file may
+ * declare several families (each `-- metric:` line starts the next one),
+ * so that one pass over the tables feeds them all: then every row starts
+ * with the name of the family it belongs to, then that family's labels,
+ * padded with NULLs to the most labels any of the file's families has,
+ * then the value. The query is named after its first family (the `query`
+ * label of the collector's own metrics). Files named NAME.sqlite.sql or
+ * NAME.postgres.sql are for that backend only; NAME.sql is for both. Each
+ * family keeps its last rendered text; after every run the thread joins
+ * them into one snapshot, ordered by family name, and swaps it in whole.
  *
  * Thread: the collector thread owns its store connection and the query
  * list; collector_start/stop run on the main thread.
@@ -35,18 +41,25 @@
 #include "util.h"
 
 #define COLLECTOR_MAX_LABELS 4
+#define COLLECTOR_MAX_FAMILIES 8      /* per query file */
 #define COLLECTOR_MAX_QUERIES 64
 
-struct collector_query {
-    char file[128];
-    char name[128];               /* the metric family */
+struct collector_family {
+    char name[128];
     char type[16];                /* gauge or counter */
     char help[256];
     char labels[COLLECTOR_MAX_LABELS][64];
     int nlabels;
+    char *text;                   /* the last rendered samples, or NULL */
+};
+
+struct collector_query {
+    char file[128];
+    /* fam[0] names the query; a file declares at least one family */
+    struct collector_family fam[COLLECTOR_MAX_FAMILIES];
+    int nfam;
     char *sql;
     int redis;                    /* a built-in Redis query (COLLECTOR_R_*) */
-    char *text;                   /* the last rendered samples, or NULL */
     int64_t next_ns;              /* when it runs next (monotonic) */
     struct metrics_child *m_duration, *m_errors, *m_last_success;
 };
@@ -72,10 +85,13 @@ static struct metrics_family *collector_m_duration, *collector_m_errors,
 
 void collector_query_free(struct collector_query *q)
 {
+    int i;
+
     if (q == NULL)
         return;
     free(q->sql);
-    free(q->text);
+    for (i = 0; i < q->nfam; i++)
+        free(q->fam[i].text);
     free(q);
 }
 
@@ -114,11 +130,17 @@ struct collector_query *collector_query_parse(const char *file,
                                               size_t errlen)
 {
     struct collector_query *q = xcalloc(1, sizeof *q);
+    struct collector_family *f = &q->fam[0];
     const char *p = text;
-    char labels[256] = "";
+    char labels[COLLECTOR_MAX_FAMILIES][256];
+    int i, j;
 
+    memset(labels, 0, sizeof labels);
     snprintf(q->file, sizeof q->file, "%s", file);
-    /* The header: leading "-- key: value" lines. */
+    q->nfam = 1;
+    /* The header: leading "-- key: value" lines. A metric line after the
+     * first starts the next family; the other keys describe the family of
+     * the metric line above them (or the first). */
     while (strncmp(p, "--", 2) == 0) {
         const char *eol = strchr(p, '\n');
         const char *line = p + 2, *colon;
@@ -128,14 +150,23 @@ struct collector_query *collector_query_parse(const char *file,
             char key[32];
             size_t vl = n - (size_t)(colon + 1 - line);
             collector_trim_copy(key, sizeof key, line, (size_t)(colon - line));
-            if (strcmp(key, "metric") == 0)
-                collector_trim_copy(q->name, sizeof q->name, colon + 1, vl);
-            else if (strcmp(key, "type") == 0)
-                collector_trim_copy(q->type, sizeof q->type, colon + 1, vl);
+            if (strcmp(key, "metric") == 0) {
+                if (f->name[0] != '\0') {
+                    if (q->nfam == COLLECTOR_MAX_FAMILIES) {
+                        snprintf(err, errlen, "%s: more than %d metric "
+                                 "families", file, COLLECTOR_MAX_FAMILIES);
+                        goto fail;
+                    }
+                    f = &q->fam[q->nfam++];
+                }
+                collector_trim_copy(f->name, sizeof f->name, colon + 1, vl);
+            } else if (strcmp(key, "type") == 0)
+                collector_trim_copy(f->type, sizeof f->type, colon + 1, vl);
             else if (strcmp(key, "help") == 0)
-                collector_trim_copy(q->help, sizeof q->help, colon + 1, vl);
+                collector_trim_copy(f->help, sizeof f->help, colon + 1, vl);
             else if (strcmp(key, "labels") == 0)
-                collector_trim_copy(labels, sizeof labels, colon + 1, vl);
+                collector_trim_copy(labels[f - q->fam], sizeof labels[0],
+                                    colon + 1, vl);
         }
         if (eol == NULL) {
             p += strlen(p);
@@ -143,31 +174,44 @@ struct collector_query *collector_query_parse(const char *file,
         }
         p = eol + 1;
     }
-    if (!collector_valid_name(q->name)) {
-        snprintf(err, errlen, "%s: needs a '-- metric: NAME' line with a "
-                 "valid metric name", file);
-        goto fail;
-    }
-    if (strcmp(q->type, "gauge") != 0 && strcmp(q->type, "counter") != 0) {
-        snprintf(err, errlen, "%s: '-- type:' must be gauge or counter", file);
-        goto fail;
-    }
-    if (q->help[0] == '\0') {
-        snprintf(err, errlen, "%s: needs a '-- help:' line", file);
-        goto fail;
-    }
-    if (labels[0]) {
-        char *save = NULL, *tok;
-        for (tok = strtok_r(labels, ",", &save); tok;
-             tok = strtok_r(NULL, ",", &save)) {
-            char name[64];
-            collector_trim_copy(name, sizeof name, tok, strlen(tok));
-            if (!collector_valid_name(name) || q->nlabels ==
-                COLLECTOR_MAX_LABELS) {
-                snprintf(err, errlen, "%s: bad label list", file);
+    for (i = 0; i < q->nfam; i++) {
+        f = &q->fam[i];
+        if (!collector_valid_name(f->name)) {
+            snprintf(err, errlen, "%s: needs a '-- metric: NAME' line with a "
+                     "valid metric name", file);
+            goto fail;
+        }
+        for (j = 0; j < i; j++)
+            if (strcmp(q->fam[j].name, f->name) == 0) {
+                snprintf(err, errlen, "%s: declares metric %s twice", file,
+                         f->name);
                 goto fail;
             }
-            snprintf(q->labels[q->nlabels++], sizeof q->labels[0], "%s", name);
+        if (strcmp(f->type, "gauge") != 0 && strcmp(f->type, "counter") != 0) {
+            snprintf(err, errlen, "%s: '-- type:' of %s must be gauge or "
+                     "counter", file, f->name);
+            goto fail;
+        }
+        if (f->help[0] == '\0') {
+            snprintf(err, errlen, "%s: needs a '-- help:' line for %s", file,
+                     f->name);
+            goto fail;
+        }
+        if (labels[i][0]) {
+            char *save = NULL, *tok;
+            for (tok = strtok_r(labels[i], ",", &save); tok;
+                 tok = strtok_r(NULL, ",", &save)) {
+                char name[64];
+                collector_trim_copy(name, sizeof name, tok, strlen(tok));
+                if (!collector_valid_name(name) || f->nlabels ==
+                    COLLECTOR_MAX_LABELS) {
+                    snprintf(err, errlen, "%s: bad label list for %s", file,
+                             f->name);
+                    goto fail;
+                }
+                snprintf(f->labels[f->nlabels++], sizeof f->labels[0], "%s",
+                         name);
+            }
         }
     }
     while (*p == '\n' || *p == ' ' || *p == '\r' || *p == '\t')
@@ -198,23 +242,59 @@ static void collector_label_value(struct util_buf *b, const char *v)
     }
 }
 
-int collector_render(const struct collector_query *q,
-                     const struct store_rows *rows, struct util_buf *b,
-                     char *err, size_t errlen)
+/* Renders one result of q, each family's samples into out[family]. */
+static int collector_render_split(const struct collector_query *q,
+                                  const struct store_rows *rows,
+                                  struct util_buf *out, char *err,
+                                  size_t errlen)
 {
+    int multi = q->nfam > 1, maxl = 0, fi, i;
     size_t r;
-    int i;
 
-    if (rows->nrows > 0 && rows->ncols != (size_t)q->nlabels + 1) {
-        snprintf(err, errlen, "%s: the query returns %zu columns, expected "
-                 "%d labels and a value", q->file, rows->ncols, q->nlabels);
+    for (fi = 0; fi < q->nfam; fi++)
+        if (q->fam[fi].nlabels > maxl)
+            maxl = q->fam[fi].nlabels;
+    if (rows->nrows > 0 && rows->ncols != (size_t)(multi + maxl + 1)) {
+        if (multi)
+            snprintf(err, errlen, "%s: the query returns %zu columns, "
+                     "expected a family name, %d labels and a value",
+                     q->file, rows->ncols, maxl);
+        else
+            snprintf(err, errlen, "%s: the query returns %zu columns, "
+                     "expected %d labels and a value", q->file, rows->ncols,
+                     maxl);
         return -1;
     }
     for (r = 0; r < rows->nrows; r++) {
-        const char *v = rows->cells[r * rows->ncols + (size_t)q->nlabels];
+        char *const *cell = rows->cells + r * rows->ncols;
+        const struct collector_family *f = &q->fam[0];
+        struct util_buf *b = &out[0];
+        const char *v;
         char *end;
         double d;
 
+        if (multi) {
+            for (fi = 0; fi < q->nfam; fi++)
+                if (cell[0] && strcmp(cell[0], q->fam[fi].name) == 0)
+                    break;
+            if (fi == q->nfam) {
+                snprintf(err, errlen, "%s: a row names '%.40s', not one of "
+                         "the file's metrics", q->file,
+                         cell[0] ? cell[0] : "(null)");
+                return -1;
+            }
+            f = &q->fam[fi];
+            b = &out[fi];
+            cell++;
+            for (i = f->nlabels; i < maxl; i++)
+                if (cell[i] != NULL) {
+                    snprintf(err, errlen, "%s: %s has %d labels, so its "
+                             "label column %d must be NULL", q->file,
+                             f->name, f->nlabels, i + 1);
+                    return -1;
+                }
+        }
+        v = cell[maxl];
         if (v == NULL)
             continue;             /* no value: no sample */
         errno = 0;
@@ -224,13 +304,12 @@ int collector_render(const struct collector_query *q,
                      q->file, v);
             return -1;
         }
-        util_buf_puts(b, q->name);
-        if (q->nlabels) {
+        util_buf_puts(b, f->name);
+        if (f->nlabels) {
             util_buf_puts(b, "{");
-            for (i = 0; i < q->nlabels; i++) {
-                const char *lv = rows->cells[r * rows->ncols + (size_t)i];
-                util_buf_printf(b, "%s%s=\"", i ? "," : "", q->labels[i]);
-                collector_label_value(b, lv ? lv : "");
+            for (i = 0; i < f->nlabels; i++) {
+                util_buf_printf(b, "%s%s=\"", i ? "," : "", f->labels[i]);
+                collector_label_value(b, cell[i] ? cell[i] : "");
                 util_buf_puts(b, "\"");
             }
             util_buf_puts(b, "}");
@@ -253,10 +332,34 @@ int collector_render(const struct collector_query *q,
     return 0;
 }
 
+int collector_render(const struct collector_query *q,
+                     const struct store_rows *rows, struct util_buf *b,
+                     char *err, size_t errlen)
+{
+    struct util_buf out[COLLECTOR_MAX_FAMILIES];
+    int i, rc;
+
+    memset(out, 0, sizeof out);
+    rc = collector_render_split(q, rows, out, err, errlen);
+    for (i = 0; i < q->nfam; i++) {
+        if (rc == 0 && out[i].data)
+            util_buf_append(b, out[i].data, out[i].len);
+        util_buf_free(&out[i]);
+    }
+    return rc;
+}
+
 static int collector_cmp_query(const void *a, const void *b)
 {
     const struct collector_query *x = *(struct collector_query *const *)a;
     const struct collector_query *y = *(struct collector_query *const *)b;
+    return strcmp(x->fam[0].name, y->fam[0].name);
+}
+
+static int collector_cmp_family(const void *a, const void *b)
+{
+    const struct collector_family *x = *(struct collector_family *const *)a;
+    const struct collector_family *y = *(struct collector_family *const *)b;
     return strcmp(x->name, y->name);
 }
 
@@ -266,7 +369,7 @@ static int collector_load(struct collector *c, const char *dialect, char *err,
 {
     DIR *d = opendir(c->cfg.sql_dir);
     struct dirent *e;
-    int i, j;
+    int i, j, k, l;
 
     if (d == NULL) {
         snprintf(err, errlen, "cannot read %s: %s", c->cfg.sql_dir,
@@ -319,33 +422,45 @@ static int collector_load(struct collector *c, const char *dialect, char *err,
     qsort(c->q, (size_t)c->nq, sizeof c->q[0], collector_cmp_query);
     for (i = 0; i < c->nq; i++)
         for (j = i + 1; j < c->nq; j++)
-            if (strcmp(c->q[i]->name, c->q[j]->name) == 0) {
-                snprintf(err, errlen, "%s and %s both define %s",
-                         c->q[i]->file, c->q[j]->file, c->q[i]->name);
-                return -1;
-            }
+            for (k = 0; k < c->q[i]->nfam; k++)
+                for (l = 0; l < c->q[j]->nfam; l++)
+                    if (strcmp(c->q[i]->fam[k].name,
+                               c->q[j]->fam[l].name) == 0) {
+                        snprintf(err, errlen, "%s and %s both define %s",
+                                 c->q[i]->file, c->q[j]->file,
+                                 c->q[i]->fam[k].name);
+                        return -1;
+                    }
     return 0;
 }
 
-/* Joins every query's last samples, with HELP and TYPE, into one text. */
+/* Joins every family's last samples, with HELP and TYPE, into one text,
+ * in the order of the family names. */
 static void collector_publish(struct collector *c)
 {
+    struct collector_family *all[COLLECTOR_MAX_QUERIES *
+                                 COLLECTOR_MAX_FAMILIES];
     struct util_buf b = { 0 };
-    int i;
+    size_t n = 0, i;
+    int k, j;
 
-    for (i = 0; i < c->nq; i++) {
-        struct collector_query *q = c->q[i];
+    for (k = 0; k < c->nq; k++)
+        for (j = 0; j < c->q[k]->nfam; j++)
+            all[n++] = &c->q[k]->fam[j];
+    qsort(all, n, sizeof all[0], collector_cmp_family);
+    for (i = 0; i < n; i++) {
+        const struct collector_family *f = all[i];
         const char *h;
-        util_buf_printf(&b, "# HELP %s ", q->name);
-        for (h = q->help; *h; h++) {
+        util_buf_printf(&b, "# HELP %s ", f->name);
+        for (h = f->help; *h; h++) {
             if (*h == '\\')
                 util_buf_puts(&b, "\\\\");
             else
                 util_buf_append(&b, h, 1);
         }
-        util_buf_printf(&b, "\n# TYPE %s %s\n", q->name, q->type);
-        if (q->text)
-            util_buf_puts(&b, q->text);
+        util_buf_printf(&b, "\n# TYPE %s %s\n", f->name, f->type);
+        if (f->text)
+            util_buf_puts(&b, f->text);
     }
     metrics_set_snapshot(util_buf_steal(&b));
 }
@@ -420,7 +535,7 @@ static int collector_run_redis(struct collector *c, struct collector_query *q,
     freeReplyObject(r);
     if (v < 0)
         return -1;
-    util_buf_printf(b, "%s %lld\n", q->name, v);
+    util_buf_printf(b, "%s %lld\n", q->fam[0].name, v);
     return 0;
 }
 
@@ -428,32 +543,38 @@ static void collector_run_one(struct collector *c, struct store *s,
                               struct collector_query *q)
 {
     struct store_rows rows;
-    struct util_buf b = { 0 };
+    struct util_buf b[COLLECTOR_MAX_FAMILIES];
     char err[256];
     int64_t t0 = util_mono_ns();
     double secs;
-    int rc;
+    int rc, i;
 
     memset(&rows, 0, sizeof rows);
+    memset(b, 0, sizeof b);
     if (q->redis)
-        rc = collector_run_redis(c, q, &b, err, sizeof err) == 0 ? STORE_OK
-                                                                 : STORE_ERR;
+        rc = collector_run_redis(c, q, &b[0], err, sizeof err) == 0
+                 ? STORE_OK : STORE_ERR;
     else
         rc = store_query_rows(s, q->sql, c->cfg.timeout_ms, &rows);
     secs = (double)(util_mono_ns() - t0) / 1e9;
     metrics_gauge_set(q->m_duration, secs);
     if (rc == STORE_OK &&
-        (q->redis || collector_render(q, &rows, &b, err, sizeof err) == 0)) {
-        free(q->text);
-        q->text = util_buf_steal(&b);
+        (q->redis ||
+         collector_render_split(q, &rows, b, err, sizeof err) == 0)) {
+        for (i = 0; i < q->nfam; i++) {
+            free(q->fam[i].text);
+            q->fam[i].text = util_buf_steal(&b[i]);
+        }
         metrics_gauge_set(q->m_last_success, (double)util_now_ms() / 1000.0);
     } else {
-        util_buf_free(&b);
-        free(q->text);
-        q->text = NULL;           /* a failed query shows no stale value */
+        for (i = 0; i < q->nfam; i++) {
+            util_buf_free(&b[i]);
+            free(q->fam[i].text);
+            q->fam[i].text = NULL;  /* a failed query shows no stale value */
+        }
         metrics_counter_inc(q->m_errors);
         log_event(LOG_WARN, "collector_error", NULL,
-                  LOG_STR("query", q->name),
+                  LOG_STR("query", q->fam[0].name),
                   LOG_STR("error", rc == STORE_OK || q->redis ? err
                                                               : store_errstr(s)),
                   LOG_DBL("duration_ms", secs * 1000), LF_END);
@@ -557,7 +678,7 @@ static void collector_register(struct collector *c)
             metrics_find("chat_collector_last_success_timestamp_seconds");
     }
     for (i = 0; i < c->nq; i++) {
-        const char *v[] = { c->q[i]->name };
+        const char *v[] = { c->q[i]->fam[0].name };
         c->q[i]->m_duration = metrics_child(collector_m_duration, v);
         c->q[i]->m_errors = metrics_child(collector_m_errors, v);
         c->q[i]->m_last_success = metrics_child(collector_m_last_success, v);
@@ -592,11 +713,12 @@ struct collector *collector_start(const struct collector_config *cfg,
                 break;
             q = xcalloc(1, sizeof *q);
             q->redis = collector_redis_queries[k].kind;
+            q->nfam = 1;
             snprintf(q->file, sizeof q->file, "(redis)");
-            snprintf(q->name, sizeof q->name, "%s",
+            snprintf(q->fam[0].name, sizeof q->fam[0].name, "%s",
                      collector_redis_queries[k].name);
-            snprintf(q->type, sizeof q->type, "gauge");
-            snprintf(q->help, sizeof q->help, "%s",
+            snprintf(q->fam[0].type, sizeof q->fam[0].type, "gauge");
+            snprintf(q->fam[0].help, sizeof q->fam[0].help, "%s",
                      collector_redis_queries[k].help);
             c->q[c->nq++] = q;
         }

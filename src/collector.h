@@ -2,8 +2,9 @@
  * collector.h - the collector thread: turns SQL into gauges.
  *
  * At start it loads the queries in sql/metrics/ (one file per metric
- * family; the family's name, type, help and labels in a header comment;
- * a file per dialect where Postgres and SQLite differ). Then, on its own
+ * family, or per group of families that one query feeds; each family's
+ * name, type, help and labels in a header comment; a file per dialect
+ * where Postgres and SQLite differ). Then, on its own
  * thread and its own database connection, it runs each query on its
  * interval with a time limit, never two at once and never at scrape time,
  * and swaps a whole new text snapshot into the metrics module, which
@@ -34,14 +35,17 @@ struct collector *collector_start(const struct collector_config *cfg,
 /* Stops and joins the thread (at most one query's time limit). */
 void collector_stop(struct collector *c);
 
-/* For the tests: parses one query file's header. 0, or -1 with err set. */
+/* For the tests: parses one query file's header. NULL with err set when
+ * the file is refused. */
 struct collector_query;
 struct collector_query *collector_query_parse(const char *file,
                                               const char *text, char *err,
                                               size_t errlen);
 void collector_query_free(struct collector_query *q);
-/* Renders one result (rows: label values..., value) of q into b as
- * exposition text. */
+/* Renders one result (rows: label values..., value; with several
+ * families: family name, label values padded with NULLs, value) of q into
+ * b as exposition text, family by family in the order the file declares
+ * them. */
 struct store_rows;
 struct util_buf;
 int collector_render(const struct collector_query *q,

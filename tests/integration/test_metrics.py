@@ -37,10 +37,13 @@ from ws_client import OP_CLOSE, RawWs, new_cmid
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# The families the shipped sql/metrics/ defines, on either backend.
-COLLECTOR_QUERIES = {"chat_active_users", "chat_conversations",
-                     "chat_sessions_active", "chat_unread_messages",
-                     "chat_users", "chat_users_by_unread_messages"}
+# The families the shipped sql/metrics/ defines, on either backend, and
+# the queries that make them (a query is named after its file's first
+# family; unread_messages.sql makes both unread families in one pass).
+COLLECTOR_FAMILIES = {"chat_active_users", "chat_conversations",
+                      "chat_sessions_active", "chat_unread_messages",
+                      "chat_users", "chat_users_by_unread_messages"}
+COLLECTOR_QUERIES = COLLECTOR_FAMILIES - {"chat_users_by_unread_messages"}
 UNREAD_RANGES = [("0", 0, 0), ("1-9", 1, 9), ("10-99", 10, 99),
                  ("100-999", 100, 999), ("1000+", 1000, None)]
 
@@ -715,6 +718,76 @@ def test_every_value_matches_ground_truth(own):
             ws_close(s)
 
 
+# Unread per user (one conversation per number, read_seq 3 behind
+# last_seq by that number) at and around every range boundary, users in no
+# conversation, and sums over several conversations that cross a boundary
+# only together.
+BOUNDARY_USERS = [[], [0], [0, 0], [1], [9], [4, 5], [10], [5, 5], [99],
+                  [100], [999], [500, 499], [1000], [999, 1], [1001]]
+
+
+def test_unread_ranges_at_their_boundaries(own):
+    proc, truth = own
+    t = Tally(proc)
+    users = [t.user("ub") for _ in BOUNDARY_USERS]
+    # Conversations and read markers written behind chatd's back: the
+    # collector reads only last_seq and read_seq.
+    if truth.backend == "sqlite":
+        con = sqlite3.connect(proc.db_path, timeout=10)
+        try:
+            con.execute("PRAGMA foreign_keys = ON")
+            for u, unread in zip(users, BOUNDARY_USERS):
+                for n in unread:
+                    cid = con.execute(
+                        "INSERT INTO conversations (kind, title, created_by, "
+                        "created_at, last_seq, last_activity) "
+                        "VALUES ('group', 'b', ?, 0, ?, 0)",
+                        (u["id"], n + 3)).lastrowid
+                    con.execute(
+                        "INSERT INTO conversation_members (conversation_id, "
+                        "user_id, read_seq, joined_at) VALUES (?, ?, 3, 0)",
+                        (cid, u["id"]))
+            con.commit()
+        finally:
+            con.close()
+    else:
+        truth.rows(";".join(
+            "WITH c AS (INSERT INTO conversations (kind, title, created_by, "
+            "last_seq, last_activity) VALUES ('group', 'b', %d, %d, now()) "
+            "RETURNING id) INSERT INTO conversation_members "
+            "(conversation_id, user_id, read_seq) SELECT id, %d, 3 FROM c"
+            % (u["id"], n + 3, u["id"])
+            for u, unread in zip(users, BOUNDARY_USERS) for n in unread))
+    wait_collector(proc, time.time())
+    fams, text = wait_collector(proc, time.time())
+
+    members = truth.rows(
+        "SELECT m.user_id, c.last_seq - m.read_seq FROM conversation_members m "
+        "JOIN conversations c ON c.id = m.conversation_id")
+    per_user = {uid: 0 for (uid,) in truth.rows("SELECT id FROM users")}
+    for uid, n in members:
+        per_user[uid] += n
+    assert sorted(per_user.values()) == sorted(sum(u) for u in BOUNDARY_USERS)
+    dist = Counter()
+    for n in per_user.values():
+        for name, lo, hi in UNREAD_RANGES:
+            if n >= lo and (hi is None or n <= hi):
+                dist[name] += 1
+    got = {dict(k)["range"]: v for k, v in samples_of(
+        fams, "chat_users_by_unread_messages").items()}
+    assert got == {name: dist[name] for name, _, _ in UNREAD_RANGES}
+    assert got == {"0": 3, "1-9": 3, "10-99": 3, "100-999": 3, "1000+": 3}
+    assert sample(fams, "chat_unread_messages") == \
+        sum(per_user.values()) == 5237
+    # one query makes both families, and its figures carry the first one's
+    # name
+    assert sample(fams, "chat_collector_query_errors_total",
+                  query="chat_unread_messages") == 0
+    assert sample(fams, "chat_collector_query_duration_seconds",
+                  query="chat_users_by_unread_messages") is None
+    promtool_check(text)
+
+
 # -- a stuck collector query --------------------------------------------------
 
 SLOW_NAME = "chat_test_slow_query"
@@ -803,9 +876,10 @@ def test_metrics_answers_fast_while_a_collector_query_is_stuck(backend,
         assert sample(fams, "chat_collector_last_success_timestamp_seconds",
                       query=SLOW_NAME) in (None, 0)
         for q in others:
-            assert fams[q].samples, q
             assert sample(fams, "chat_collector_query_errors_total",
                           query=q) == 0, q
+        for f in COLLECTOR_FAMILIES:
+            assert fams[f].samples, f
         assert sample(fams, "chat_users") == 0
         assert len(fams["chat_conversations"].samples) == 2
         ev = proc.wait_event(

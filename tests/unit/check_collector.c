@@ -1,10 +1,12 @@
 /*
  * check_collector.c - unit tests for collector.c: the query file header
  * (what is accepted, what is refused and why), the exposition text one
- * result renders to (escaping, skipped NULLs, number formats, errors), a
- * running collector on a real SQLite database (good and failing queries,
- * its own metrics, a failure dropping stale samples, a prompt stop), the
- * start-up refusals (a malformed file, two files for one metric), and the
+ * result renders to (escaping, skipped NULLs, number formats, errors),
+ * files that declare several families (rows sorted to their family, the
+ * refusals), a running collector on a real SQLite database (good and
+ * failing queries, its own metrics, a failure dropping stale samples, a
+ * multi-family file on the page, a prompt stop), the start-up refusals (a
+ * malformed file, two files for one metric), and the
  * real query files of sql/metrics run against a migrated database, their
  * page checked by `promtool check metrics`.
  *
@@ -291,6 +293,100 @@ START_TEST(test_parse_refuses_bad_headers)
     check_collector_refused("-- metric: chat_x\n-- type: gauge\n"
                             "-- help: H.\n\n  \r\n\t\n", "query");
     check_collector_refused("", "metric");
+}
+END_TEST
+
+/* --- files with several families --- */
+
+static const char check_collector_multi[] =
+    "-- metric: chat_test_total\n"
+    "-- type: gauge\n"
+    "-- help: A total.\n"
+    "-- metric: chat_test_split\n"
+    "-- type: gauge\n"
+    "-- help: The same, split.\n"
+    "-- labels: part, side\n"
+    "-- metric: chat_test_done_total\n"
+    "-- type: counter\n"
+    "-- help: Done.\n"
+    "SELECT 1;\n";
+
+START_TEST(test_parse_several_families)
+{
+    /* Rows in any order, each to its family; NULL padding where a family
+     * has fewer labels than the widest; a NULL value gives no sample. */
+    static const char *const cells[] = {
+        "chat_test_split", "a", "l", "3",
+        "chat_test_total", NULL, NULL, "7",
+        "chat_test_done_total", NULL, NULL, "2",
+        "chat_test_split", "b", "r", "4",
+        "chat_test_split", "c", "r", NULL,
+    };
+    char err[256], *text;
+    struct collector_query *q = check_collector_parse(check_collector_multi,
+                                                      err, sizeof err);
+
+    ck_assert_msg(q != NULL, "refused: %s", err);
+    text = check_collector_render(q, cells, 5, 4, err, sizeof err);
+    ck_assert_msg(text != NULL, "render: %s", err);
+    ck_assert_str_eq(text, "chat_test_total 7\n"
+                           "chat_test_split{part=\"a\",side=\"l\"} 3\n"
+                           "chat_test_split{part=\"b\",side=\"r\"} 4\n"
+                           "chat_test_done_total 2\n");
+    free(text);
+    /* No rows: no samples, no error. */
+    text = check_collector_render(q, NULL, 0, 4, err, sizeof err);
+    ck_assert_str_eq(text, "");
+    free(text);
+    collector_query_free(q);
+}
+END_TEST
+
+START_TEST(test_several_families_refusals)
+{
+    static const char *const unknown[] = { "chat_test_other", NULL, NULL,
+                                           "1" };
+    static const char *const null_name[] = { NULL, NULL, NULL, "1" };
+    static const char *const padded[] = { "chat_test_total", "x", NULL,
+                                          "1" };
+    static const char *const narrow[] = { "chat_test_total", "1" };
+    char err[256];
+    struct collector_query *q = check_collector_parse(check_collector_multi,
+                                                      err, sizeof err);
+
+    ck_assert_msg(q != NULL, "refused: %s", err);
+    ck_assert_ptr_null(check_collector_render(q, unknown, 1, 4, err,
+                                              sizeof err));
+    ck_assert_msg(strstr(err, "chat_test_other") != NULL, "err: %s", err);
+    ck_assert_ptr_null(check_collector_render(q, null_name, 1, 4, err,
+                                              sizeof err));
+    ck_assert_ptr_null(check_collector_render(q, padded, 1, 4, err,
+                                              sizeof err));
+    ck_assert_msg(strstr(err, "NULL") != NULL, "err: %s", err);
+    ck_assert_ptr_null(check_collector_render(q, narrow, 1, 2, err,
+                                              sizeof err));
+    ck_assert_msg(strstr(err, "columns") != NULL, "err: %s", err);
+    collector_query_free(q);
+
+    /* Each family needs its own type and help; no name twice. */
+    check_collector_refused("-- metric: chat_a\n-- type: gauge\n"
+                            "-- help: A.\n-- metric: chat_b\n"
+                            "-- help: B.\nSELECT 1;\n", "type");
+    check_collector_refused("-- metric: chat_a\n-- type: gauge\n"
+                            "-- help: A.\n-- metric: chat_b\n"
+                            "-- type: gauge\nSELECT 1;\n", "help");
+    check_collector_refused("-- metric: chat_a\n-- type: gauge\n"
+                            "-- help: A.\n-- metric: chat_b\n"
+                            "-- type: gauge\n-- help: B.\n"
+                            "-- labels: x y\nSELECT 1;\n", "label");
+    check_collector_refused("-- metric: chat_a\n-- type: gauge\n"
+                            "-- help: A.\n-- metric: chat_a\n"
+                            "-- type: gauge\n-- help: A.\nSELECT 1;\n",
+                            "twice");
+    check_collector_refused("-- metric: chat_a\n-- type: gauge\n"
+                            "-- help: A.\n-- metric: 2b\n"
+                            "-- type: gauge\n-- help: B.\nSELECT 1;\n",
+                            "metric");
 }
 END_TEST
 
@@ -613,6 +709,84 @@ START_TEST(test_failing_query_drops_stale_samples)
 }
 END_TEST
 
+/* A file with several families: one run feeds them all, each family
+ * is on the page under its own HELP and TYPE in name order among the
+ * other files' families, and the collector's own figures are under the
+ * file's first family. A failure drops every family of the file. */
+START_TEST(test_collector_runs_several_families)
+{
+    char err[512], *text = NULL;
+    struct collector *c;
+    int64_t deadline;
+    const char *a, *m, *z;
+
+    check_collector_sql_exec("CREATE TABLE check_t (k TEXT, v INTEGER);"
+                             "INSERT INTO check_t VALUES ('x', 2), ('y', 3);");
+    check_collector_write(check_collector_sql, "pair.sql",
+                          "-- metric: chat_test_z_sum\n-- type: gauge\n"
+                          "-- help: Sum.\n"
+                          "-- metric: chat_test_a_by_k\n-- type: gauge\n"
+                          "-- help: By k.\n-- labels: k\n"
+                          "SELECT 'chat_test_z_sum', NULL, sum(v) "
+                          "FROM check_t\nUNION ALL\n"
+                          "SELECT 'chat_test_a_by_k', k, v FROM check_t;\n");
+    check_collector_write(check_collector_sql, "m.sql",
+                          "-- metric: chat_test_m\n-- type: gauge\n"
+                          "-- help: M.\nSELECT 1;\n");
+    c = check_collector_start(check_collector_sql, err, sizeof err);
+    ck_assert_msg(c != NULL, "collector_start: %s", err);
+    deadline = util_mono_ns() + (int64_t)WAIT_MS * 1000000;
+    do {
+        free(text);
+        usleep(50000);
+        text = metrics_render(NULL);
+    } while ((isnan(check_collector_value(text, "chat_test_z_sum")) ||
+              isnan(check_collector_value(text, "chat_test_m"))) &&
+             util_mono_ns() < deadline);
+    ck_assert_double_eq(check_collector_value(text, "chat_test_z_sum"), 5);
+    ck_assert_double_eq(check_collector_value(
+                            text, "chat_test_a_by_k{k=\"x\"}"), 2);
+    ck_assert_double_eq(check_collector_value(
+                            text, "chat_test_a_by_k{k=\"y\"}"), 3);
+    a = strstr(text, "# HELP chat_test_a_by_k By k.\n"
+                     "# TYPE chat_test_a_by_k gauge\n"
+                     "chat_test_a_by_k{k=\"x\"} 2\n"
+                     "chat_test_a_by_k{k=\"y\"} 3\n");
+    m = strstr(text, "# HELP chat_test_m M.\n# TYPE chat_test_m gauge\n"
+                     "chat_test_m 1\n");
+    z = strstr(text, "# HELP chat_test_z_sum Sum.\n"
+                     "# TYPE chat_test_z_sum gauge\nchat_test_z_sum 5\n");
+    ck_assert_msg(a && m && z && a < m && m < z, "page:\n%.1500s", text);
+    ck_assert_double_ge(check_collector_metric(
+                            "chat_collector_last_success_timestamp_seconds",
+                            "chat_test_z_sum"), 1);
+    ck_assert_double_eq(check_collector_metric(
+                            "chat_collector_query_errors_total",
+                            "chat_test_z_sum"), 0);
+    ck_assert(isnan(check_collector_metric(
+        "chat_collector_query_duration_seconds", "chat_test_a_by_k")));
+
+    check_collector_sql_exec("DROP TABLE check_t;");
+    deadline = util_mono_ns() + (int64_t)WAIT_MS * 1000000;
+    do {
+        free(text);
+        usleep(50000);
+        text = metrics_render(NULL);
+    } while (check_collector_has_samples(text, "chat_test_a_by_k") &&
+             util_mono_ns() < deadline);
+    ck_assert_msg(!check_collector_has_samples(text, "chat_test_a_by_k") &&
+                      !check_collector_has_samples(text, "chat_test_z_sum"),
+                  "stale samples kept:\n%.1500s", text);
+    ck_assert(check_collector_has_line(text, "# TYPE chat_test_a_by_k gauge"));
+    ck_assert_double_eq(check_collector_value(text, "chat_test_m"), 1);
+    ck_assert_double_ge(check_collector_metric(
+                            "chat_collector_query_errors_total",
+                            "chat_test_z_sum"), 1);
+    free(text);
+    collector_stop(c);
+}
+END_TEST
+
 START_TEST(test_start_refuses_malformed_file)
 {
     char err[512];
@@ -635,6 +809,23 @@ START_TEST(test_start_refuses_duplicate_metric)
     check_collector_write(check_collector_sql, "a.sql", check_collector_good);
     check_collector_write(check_collector_sql, "b.sqlite.sql",
                           check_collector_good);
+    ck_assert_ptr_null(check_collector_start(check_collector_sql, err,
+                                             sizeof err));
+    ck_assert_msg(strstr(err, "chat_test_users") != NULL, "err: %s", err);
+}
+END_TEST
+
+/* A family defined by one file and also among another file's. */
+START_TEST(test_start_refuses_duplicate_metric_in_a_multi_file)
+{
+    char err[512];
+
+    check_collector_write(check_collector_sql, "a.sql", check_collector_good);
+    check_collector_write(check_collector_sql, "b.sql",
+                          "-- metric: chat_test_other\n-- type: gauge\n"
+                          "-- help: O.\n"
+                          "-- metric: chat_test_users\n-- type: gauge\n"
+                          "-- help: U.\nSELECT 1;\n");
     ck_assert_ptr_null(check_collector_start(check_collector_sql, err,
                                              sizeof err));
     ck_assert_msg(strstr(err, "chat_test_users") != NULL, "err: %s", err);
@@ -725,8 +916,8 @@ static void check_collector_promtool(const char *text)
 
 START_TEST(test_real_queries_parse_and_run)
 {
-    char dir[1200], err[512], names[32][128], *text = NULL;
-    int nnames = 0, nparsed = 0, i, all;
+    char dir[1200], err[512], names[32][128], fams[32][128], *text = NULL;
+    int nnames = 0, nfams = 0, nparsed = 0, i, all;
     struct collector *c;
     struct dirent *e;
     int64_t deadline;
@@ -759,11 +950,18 @@ START_TEST(test_real_queries_parse_and_run)
         nparsed++;
         if (strstr(n, ".postgres.sql") != NULL)
             continue;
+        /* The query is named after its first family. */
         m = strstr(buf, "-- metric:");
         ck_assert_ptr_nonnull(m);
         ck_assert_int_lt(nnames, 32);
         ck_assert_int_eq(sscanf(m, "-- metric: %127s", names[nnames]), 1);
         nnames++;
+        for (; m != NULL; m = strstr(m + 1, "\n-- metric:")) {
+            ck_assert_int_lt(nfams, 32);
+            ck_assert_int_eq(sscanf(m + (*m == '\n'), "-- metric: %127s",
+                                    fams[nfams]), 1);
+            nfams++;
+        }
     }
     closedir(d);
     ck_assert_int_ge(nparsed, 1);
@@ -797,9 +995,10 @@ START_TEST(test_real_queries_parse_and_run)
                  names[i]);
         ck_assert_msg(check_collector_value(text, series) == 0,
                       "%s failed:\n%.1500s", names[i], text);
-        ck_assert_msg(check_collector_has_samples(text, names[i]),
-                      "%s has no samples:\n%.1500s", names[i], text);
     }
+    for (i = 0; i < nfams; i++)
+        ck_assert_msg(check_collector_has_samples(text, fams[i]),
+                      "%s has no samples:\n%.1500s", fams[i], text);
     /* What the filled database holds, where the query is known. */
     if (strstr(text, "# TYPE chat_users gauge"))
         ck_assert_double_eq(check_collector_value(text, "chat_users"), 3);
@@ -830,6 +1029,12 @@ START_TEST(test_real_queries_parse_and_run)
         ck_assert_double_eq(check_collector_value(
                                 text, "chat_users_by_unread_messages"
                                       "{range=\"1-9\"}"), 2);
+        ck_assert_double_eq(check_collector_value(
+                                text, "chat_users_by_unread_messages"
+                                      "{range=\"10-99\"}"), 0);
+        ck_assert_double_eq(check_collector_value(
+                                text, "chat_users_by_unread_messages"
+                                      "{range=\"1000+\"}"), 0);
     }
     check_collector_promtool(text);
     free(text);
@@ -844,6 +1049,8 @@ static Suite *check_collector_suite(void)
     tc = tcase_create("header");
     tcase_add_test(tc, test_parse_accepts_good_header);
     tcase_add_test(tc, test_parse_refuses_bad_headers);
+    tcase_add_test(tc, test_parse_several_families);
+    tcase_add_test(tc, test_several_families_refusals);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("render");
@@ -860,8 +1067,10 @@ static Suite *check_collector_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_collector_runs_queries);
     tcase_add_test(tc, test_failing_query_drops_stale_samples);
+    tcase_add_test(tc, test_collector_runs_several_families);
     tcase_add_test(tc, test_start_refuses_malformed_file);
     tcase_add_test(tc, test_start_refuses_duplicate_metric);
+    tcase_add_test(tc, test_start_refuses_duplicate_metric_in_a_multi_file);
     tcase_add_test(tc, test_start_refuses_missing_directory);
     tcase_add_test(tc, test_real_queries_parse_and_run);
     suite_add_tcase(s, tc);
