@@ -625,6 +625,7 @@ struct server *server_create(const struct config *cfg, struct http_api *api,
     }
     loops[0] = &srv->loop;
     info.foreign_loops = loops;
+    info.pcontext = &srv->context;   /* NULLed once wholly destroyed */
     srv->context = lws_create_context(&info);
     if (srv->context == NULL) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use or "
@@ -698,8 +699,12 @@ void server_free(struct server *srv)
         return;
     atomic_store(&server_context, NULL);
     lws_context_destroy(srv->context);
-    /* lws closes its handles on our loop: let them finish, then close it */
+    /* lws closes its handles on our loop: let them finish, then finish
+     * the destruction (a context on a foreign loop is destroyed in two
+     * steps), then close the loop */
     uv_run(&srv->loop, UV_RUN_DEFAULT);
+    if (srv->context)
+        lws_context_destroy(srv->context);
     uv_loop_close(&srv->loop);
     free(srv);
 }
