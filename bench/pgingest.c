@@ -13,7 +13,8 @@
  *   --mode copy     BEGIN; bump; COPY messages FROM STDIN; COMMIT
  *   --mode unnest   BEGIN; bump; INSERT INTO messages SELECT FROM
  *                   unnest($1..$6); COMMIT
- *   --mode chatd    BEGIN; chatd's look-up (retries, membership); bump;
+ *   --mode chatd    BEGIN (with chatd's SET LOCAL planner settings);
+ *                   chatd's look-up (retries, membership); bump;
  *                   chatd's INSERT, which also moves each sender's read
  *                   marker; COMMIT: chatd's send transaction statement for
  *                   statement, as prepared statements with text arrays,
@@ -433,7 +434,12 @@ static int client_batch(struct client *cl, struct row *rows, struct bump *bumps)
         cl->next_conv = (cl->next_conv + 1) % cl->nconvs;
         snprintf(w->cid, sizeof w->cid, "%s.%" PRIu64, cl->nonce, cl->sent++);
     }
-    db_exec(cl->db, "BEGIN", "begin");
+    /* chatd's send transaction plans index probes only (STORE_PG_SEND_BEGIN
+     * in src/store_pg.c); the chatd mode does the same */
+    db_exec(cl->db, opt.mode == MODE_CHATD ?
+            "BEGIN; SET LOCAL enable_seqscan = off; "
+            "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off" :
+            "BEGIN", "begin");
     if (opt.mode == MODE_CHATD) {
         for (i = 0; i < b; i++) {
             arr_int(&a[0], rows[i].conv, i == 0);
