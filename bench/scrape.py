@@ -8,7 +8,12 @@ own queries (chat_collector_query_duration_seconds).
 Each scrape is a new TCP connection, a GET and the whole body read, timed
 from connect to the last byte. Scrapes are paced at R per second (open
 loop: a slow scrape does not delay the schedule's clock, and the latency
-is measured from the scheduled time). The collector's figures are taken
+is measured from the scheduled time, so it includes the client's own
+late wake-ups); `svc` is the same scrape timed from the connect call to
+the last byte, what the server and the network take; `server` is chatd's
+own measure of its /metrics answers (http_request_duration_seconds for
+the route, read from the last scrape): the smallest bucket bound that
+holds 99% of them. The collector's figures are taken
 from every scrape; each query's last duration changes once per collector
 run, so the distinct values seen are its runs, and a cycle is the sum of
 the durations of one run of every query.
@@ -23,6 +28,8 @@ import time
 from urllib.parse import urlparse
 
 DUR = re.compile(r'^chat_collector_query_duration_seconds\{query="([^"]+)"\} (\S+)$', re.M)
+SRV = re.compile(r'^http_request_duration_seconds_bucket\{method="GET",'
+                 r'route="/metrics",le="([^"]+)"\} (\S+)$', re.M)
 ERR = re.compile(r'^chat_collector_query_errors_total\{query="([^"]+)"\} (\S+)$', re.M)
 
 
@@ -40,6 +47,7 @@ def main():
     args = ap.parse_args()
     u = urlparse(args.url)
     lat = []
+    svc = []
     size = 0
     runs = {}      # query -> list of distinct successive durations
     errors = {}
@@ -49,6 +57,7 @@ def main():
         now = time.monotonic()
         if sched > now:
             time.sleep(sched - now)
+        start = time.monotonic()
         c = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
         c.request("GET", "/metrics")
         r = c.getresponse()
@@ -58,6 +67,7 @@ def main():
         if r.status != 200:
             sys.exit("scrape.py: /metrics answered %d" % r.status)
         lat.append((end - max(sched, now)) * 1000.0)
+        svc.append((end - start) * 1000.0)
         size = len(body)
         text = body.decode()
         for q, v in DUR.findall(text):
@@ -67,9 +77,18 @@ def main():
         for q, v in ERR.findall(text):
             errors[q] = float(v)
     lat.sort()
+    svc.sort()
+    buckets = [(float(le), float(n)) for le, n in SRV.findall(text)]
+    total = max((n for _, n in buckets), default=0.0)
+    srv_p99 = min((le for le, n in buckets if n >= 0.99 * total),
+                  default=float("nan")) * 1000.0
     print("scrapes      %d at %.0f/s, %d bytes each" % (len(lat), args.rate, size))
     print("latency ms   p50 %.2f  p90 %.2f  p99 %.2f  max %.2f" %
           (pct(lat, .5), pct(lat, .9), pct(lat, .99), lat[-1]))
+    print("svc ms       p50 %.2f  p90 %.2f  p99 %.2f  max %.2f" %
+          (pct(svc, .5), pct(svc, .9), pct(svc, .99), svc[-1]))
+    print("server ms    p99 <= %g (chatd's histogram, %d answers)" %
+          (srv_p99, total))
     print("collector query durations (ms), one value per run seen:")
     cycle_max = 0.0
     ncycles = min((len(v) for v in runs.values()), default=0)
@@ -87,10 +106,12 @@ def main():
         cycle_max = max(cycles)
     print("cycles ms    %s" % " ".join("%.1f" % c for c in cycles))
     slowest = max(per_query, key=lambda q: max(per_query[q] or [0])) if per_query else "-"
-    print("RESULT scrapes=%d p50_ms=%.2f p99_ms=%.2f max_ms=%.2f bytes=%d "
+    print("RESULT scrapes=%d p50_ms=%.2f p99_ms=%.2f max_ms=%.2f "
+          "svc_p50_ms=%.2f svc_p99_ms=%.2f server_p99_le_ms=%g bytes=%d "
           "cycles=%d cycle_ms_max=%.1f cycle_ms_median=%.1f slowest_query=%s "
           "slowest_ms=%.1f errors=%d" %
-          (len(lat), pct(lat, .5), pct(lat, .99), lat[-1], size, len(cycles),
+          (len(lat), pct(lat, .5), pct(lat, .99), lat[-1], pct(svc, .5),
+           pct(svc, .99), srv_p99, size, len(cycles),
            cycle_max, pct(sorted(cycles), .5) if cycles else float("nan"), slowest,
            max(per_query.get(slowest, [0]) or [0]), sum(errors.values())))
 
