@@ -1657,8 +1657,9 @@ void ws_chat_protocol(struct ws_chat *wc, struct lws_protocols *out)
     out->per_session_data_size = sizeof(struct ws_conn);
     /* lws's receive buffer, allocated per socket: a frame larger than it
      * arrives in pieces, which ws_receive reassembles (up to WS_MSG_MAX).
-     * 4 KiB holds a typical chat frame whole; the pages of a larger buffer
-     * that a socket once touched stay resident for its whole life. */
+     * 4 KiB holds a typical chat frame whole. (An idle socket's memory
+     * did not move from 16 KiB to 4 KiB: only the touched pages count;
+     * docs/benchmarks.md, "Idle sockets".) */
     out->rx_buffer_size = 4096;
     out->user = wc;
 }
