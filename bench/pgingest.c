@@ -437,9 +437,7 @@ static int client_batch(struct client *cl, struct row *rows, struct bump *bumps)
     /* chatd's send transaction plans index probes only (STORE_PG_SEND_BEGIN
      * in src/store_pg.c); the chatd mode does the same */
     db_exec(cl->db, opt.mode == MODE_CHATD ?
-            "BEGIN; SET LOCAL enable_seqscan = off; "
-            "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off" :
-            "BEGIN", "begin");
+            "BEGIN; SET LOCAL enable_seqscan = off" : "BEGIN", "begin");
     if (opt.mode == MODE_CHATD) {
         for (i = 0; i < b; i++) {
             arr_int(&a[0], rows[i].conv, i == 0);
