@@ -1507,48 +1507,52 @@ static struct ws_frame *ws_conn_pop(struct ws_conn *c)
     return f;
 }
 
-/* The header of an unmasked, final text frame of len payload bytes
- * (RFC 6455 5.2): what lws would put before it. Returns its size. */
-static size_t ws_frame_header(unsigned char *h, size_t len)
+/* A frame's bytes in a coalesced write: its header and payload. Only
+ * frames of at most 0xffff bytes are coalesced (larger ones go alone), so
+ * the header is 2 or 4 bytes. */
+static size_t ws_frame_wire_len(const struct ws_frame *f)
 {
-    int i;
-
-    h[0] = 0x81;                  /* FIN, opcode 1 (text) */
-    if (len < 126) {
-        h[1] = (unsigned char)len;
-        return 2;
-    }
-    if (len <= 0xffff) {
-        h[1] = 126;
-        h[2] = (unsigned char)(len >> 8);
-        h[3] = (unsigned char)len;
-        return 4;
-    }
-    h[1] = 127;
-    for (i = 0; i < 8; i++)
-        h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
-    return 10;
+    return (f->len < 126 ? 2 : 4) + f->len;
 }
 
-/* Frames the queue's head frames into wc->wbuf, as many as fit in
- * WS_WRITE_MAX, and returns the bytes to write. chatd negotiates no
- * extension, so a server frame is exactly header + payload. */
-static size_t ws_coalesce(struct ws_chat *wc, struct ws_conn *c)
+/* How many frames at the head of the queue fit in one write. */
+static size_t ws_coalesce_count(const struct ws_conn *c)
+{
+    size_t n, used = 0;
+
+    for (n = 0; n < c->qlen; n++) {
+        const struct ws_frame *f = c->q[(c->qhead + n) % c->qcap];
+
+        if (f->len > 0xffff || used + ws_frame_wire_len(f) > WS_WRITE_MAX)
+            break;
+        used += ws_frame_wire_len(f);
+    }
+    return n;
+}
+
+/* Frames the queue's n head frames into wc->wbuf (n from
+ * ws_coalesce_count) and returns the bytes to write. chatd negotiates no
+ * extension, so a server frame is exactly an unmasked final text frame's
+ * header (RFC 6455 5.2) and the payload: what lws would write. */
+static size_t ws_coalesce(struct ws_chat *wc, struct ws_conn *c, size_t n)
 {
     unsigned char *out = wc->wbuf + LWS_PRE;
     size_t used = 0;
 
-    while (c->qlen) {
-        struct ws_frame *f = c->q[c->qhead];
-        unsigned char h[10];
-        size_t hl = ws_frame_header(h, f->len);
+    while (n-- > 0) {
+        struct ws_frame *f = ws_conn_pop(c);
 
-        if (used + hl + f->len > WS_WRITE_MAX)
-            break;
-        memcpy(out + used, h, hl);
-        memcpy(out + used + hl, f->data + LWS_PRE, f->len);
-        used += hl + f->len;
-        ws_frame_unref(ws_conn_pop(c));
+        out[used++] = 0x81;                  /* FIN, opcode 1 (text) */
+        if (f->len < 126) {
+            out[used++] = (unsigned char)f->len;
+        } else {
+            out[used++] = 126;
+            out[used++] = (unsigned char)(f->len >> 8);
+            out[used++] = (unsigned char)f->len;
+        }
+        memcpy(out + used, f->data + LWS_PRE, f->len);
+        used += f->len;
+        ws_frame_unref(f);
     }
     return used;
 }
@@ -1556,6 +1560,7 @@ static size_t ws_coalesce(struct ws_chat *wc, struct ws_conn *c)
 static int ws_writeable(struct ws_chat *wc, struct ws_conn *c)
 {
     struct ws_frame *f;
+    size_t nf;
     int n;
 
     if (c->state == WS_CLOSING && c->close_code && c->qlen == 0) {
@@ -1573,13 +1578,12 @@ static int ws_writeable(struct ws_chat *wc, struct ws_conn *c)
      * WRITEABLE, so a short count is not an error; a negative one is. A
      * frame is always written whole in one lws_write, so lws's own frames
      * (pong, close) never land inside one of ours. */
-    f = c->q[c->qhead];
-    if (c->qlen > 1 && f->len + 10 + c->q[(c->qhead + 1) % c->qcap]->len + 10
-                           <= WS_WRITE_MAX) {
-        size_t len = ws_coalesce(wc, c);
+    nf = ws_coalesce_count(c);
+    if (nf > 1) {
+        size_t len = ws_coalesce(wc, c, nf);
         n = lws_write(c->wsi, wc->wbuf + LWS_PRE, len, LWS_WRITE_RAW);
     } else {
-        ws_conn_pop(c);
+        f = ws_conn_pop(c);
         n = lws_write(c->wsi, f->data + LWS_PRE, f->len, LWS_WRITE_TEXT);
         ws_frame_unref(f);
     }
